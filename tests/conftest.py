@@ -1,0 +1,81 @@
+"""Shared fixtures: small real videos made on the fly, and a throwaway copy of the Kedro project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = PROJECT_ROOT / ".venv" / "bin"
+
+# The same offline / cache settings as scripts/env.sh, for a plain `pytest` call too.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("MPLCONFIGDIR", str(PROJECT_ROOT / ".cache" / "matplotlib"))
+os.environ.setdefault("ANNY_CACHE_DIR", str(PROJECT_ROOT / ".cache" / "anny"))
+os.environ.setdefault("WARP_CACHE_PATH", str(PROJECT_ROOT / ".cache" / "warp"))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+def moving_frames(n: int, height: int = 72, width: int = 96, seed: int = 0, kind: str = "moving") -> np.ndarray:
+    """A textured square moving over a gradient: decodable, not blank, not frozen (unless asked)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // max(width - 1, 1), yy * 255 // max(height - 1, 1),
+                     np.full_like(xx, 90)], -1).astype(np.uint8)
+    texture = rng.integers(0, 255, (height // 3, width // 4, 3), dtype=np.uint8)
+    frames = []
+    for t in range(n):
+        f = base.copy()
+        if kind == "blank":
+            f[:] = 0
+        else:
+            x = (t * 3) % (width - texture.shape[1]) if kind == "moving" else 5
+            f[height // 3: height // 3 + texture.shape[0], x: x + texture.shape[1]] = texture
+        frames.append(f)
+    return np.stack(frames)
+
+
+@pytest.fixture
+def write_clip():
+    from dimo import video_io
+
+    def write(path: Path, n: int = 40, fps: float = 16.0, kind: str = "moving", seed: int = 0, **kw) -> Path:
+        return video_io.write_video(path, moving_frames(n, seed=seed, kind=kind, **kw), fps)
+
+    return write
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a project command (kedro, dvc, mlflow) from the venv, in `cwd`."""
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    exe = shutil.which(args[0], path=full_env["PATH"])
+    return subprocess.run([exe, *args[1:]], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """A fresh copy of the project's configuration and layout (no data, no MLflow store) to run Kedro in."""
+    dst = tmp_path / "project"
+    dst.mkdir()
+    for item in ("pyproject.toml", "conf", "dvc.yaml", "MLproject", "scripts", "src"):
+        src = PROJECT_ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, dst / item)
+    shutil.rmtree(dst / "conf" / "local", ignore_errors=True)
+    (dst / "conf" / "local").mkdir()
+    for layer in ("01_raw/videos", "02_intermediate", "03_primary", "08_reporting"):
+        (dst / "data" / layer).mkdir(parents=True)
+    return dst
