@@ -61,7 +61,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
             stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
             stream.codec_context.thread_count = 1
             for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                # Convert to YUV ourselves: PyAV's implicit conversion inside encode() is not reproducible
+                # from run to run, the explicit one is (same frames -> same bytes).
+                yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").to_ndarray(format="yuv420p")
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")))
             container.mux(stream.encode())
         os.replace(tmp, path)
     finally:
