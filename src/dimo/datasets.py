@@ -8,8 +8,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
+from kedro_datasets.partitions import PartitionedDataset
 
 from dimo import video_io
 
@@ -59,3 +60,136 @@ class OptionalCSVDataset(CSVDataset):
         if not self._exists():
             return None
         return super().load()
+
+
+class SafetensorsDataset(AbstractDataset[dict, dict]):
+    """A dict of tensors in one .safetensors file (the latent cache); written atomically."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(str(self._filepath))
+
+    def save(self, data: dict) -> None:
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=self._filepath.parent)
+        os.close(fd)
+        try:
+            save_file({k: v.contiguous() for k, v in data.items()}, tmp)
+            os.replace(tmp, self._filepath)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class _FolderDataset(AbstractDataset):
+    """A model saved as a folder; written into a temp folder and renamed, so a failed save keeps the old one."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def _save_to(self, data, folder: Path) -> None:
+        raise NotImplementedError
+
+    def save(self, data) -> None:
+        import shutil
+        import tempfile
+
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self._path.name}-", dir=self._path.parent))
+        try:
+            self._save_to(data, tmp)
+            old = self._path.with_name(f".{self._path.name}-old")
+            if self._path.exists():
+                self._path.rename(old)
+            tmp.rename(self._path)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class LatentCodecDataset(_FolderDataset):
+    """The video VAE (`dimo.models.LatentCodec`), laid out like a Wan diffusers folder (`<path>/vae`)."""
+
+    def load(self):
+        from dimo.models import LatentCodec
+
+        return LatentCodec.from_pretrained(str(self._path), subfolder="vae")
+
+    def _save_to(self, codec, folder: Path) -> None:
+        codec.vae.save_pretrained(str(folder / "vae"))
+
+
+class DimoModelDataset(_FolderDataset):
+    """A whole 3DiMo model (`DimoModel.save_pretrained`: safetensors + config json per part)."""
+
+    def load(self):
+        from dimo.models import DimoModel
+
+        return DimoModel.from_pretrained(str(self._path))
+
+    def _save_to(self, model, folder: Path) -> None:
+        model.save_pretrained(str(folder))
+
+
+class OptionalJSONDataset(AbstractDataset[dict, dict]):
+    """A JSON file that loads as None when absent (a previous stage's registration that may not exist yet)."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict | None:
+        import json
+
+        return json.loads(self._filepath.read_text()) if self._filepath.is_file() else None
+
+    def save(self, data: dict) -> None:
+        import json
+        import os
+
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._filepath.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class OptionalPartitionedDataset(PartitionedDataset):
+    """A folder of partitions that may be empty (no user videos yet): loads as {} instead of failing."""
+
+    def load(self) -> dict:
+        try:
+            return super().load()
+        except DatasetError as err:
+            if "No partitions found" not in str(err):
+                raise
+            log.info("%s holds no files: treated as empty", self._path)
+            return {}

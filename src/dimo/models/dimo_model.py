@@ -154,6 +154,10 @@ class DimoModel(nn.Module):
                               motion_tokens=motion_tokens, encoder_hidden_states_image=image_embeddings).sample
 
     # ------------------------------------------------------------------ training
+    def forward(self, batch: dict, step: int, generator: torch.Generator | None = None) -> dict:
+        """The training objective; a DeepSpeed engine calls this (ZeRO-3 gathers parameters around forward)."""
+        return self.training_losses(batch, step, generator=generator)
+
     def training_losses(self, batch: dict, step: int, generator: torch.Generator | None = None,
                         noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> dict:
         """-> {"loss", "diffusion_loss", "geometric_loss", "geometric_weight"} (scalars; "loss" = total).

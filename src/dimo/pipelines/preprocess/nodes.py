@@ -1,0 +1,140 @@
+"""Encode every labelled clip once: target latents, prompt embeddings, driving frames and decoder targets.
+
+Training reads only this cache (and never re-encodes). At real scale the codec is Wan2.1's VAE from a local
+folder; at toy scale no pretrained video VAE exists here, so a tiny AutoencoderKLWan is fitted to the clips first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from dimo import video_io
+from dimo.labelling import label_format
+from dimo.models import FrozenTextEncoder, LatentCodec
+from dimo.training import mixtures
+
+log = logging.getLogger(__name__)
+
+# mediapipe pose landmark indices of the wrists (left, right), for the hand-crop fallback
+MEDIAPIPE_WRISTS = (15, 16)
+
+
+def _video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (1, 3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+
+
+def prepare_codec(clips: pd.DataFrame, params: dict) -> tuple[LatentCodec, dict]:
+    """The video VAE: Wan's from `codec.pretrained_path`, or (toy scale) a tiny one fitted to the train clips."""
+    cfg = params["codec"]
+    if cfg.get("pretrained_path"):
+        return LatentCodec.from_pretrained(cfg["pretrained_path"]), {}
+    torch.manual_seed(params["seed"])
+    vae = LatentCodec.tiny(seed=params["seed"]).vae.requires_grad_(True).train()
+    train = clips[clips["split"] == "train"]
+    videos = [_video_tensor(video_io.read_video(p)[0]) for p in train["path"]]
+    n = cfg["toy_clip_frames"]  # short 1+4k-frame snippets: the causal VAE sees first-frame and later-frame cases
+    rng = np.random.default_rng(params["seed"])
+    gen = torch.Generator().manual_seed(params["seed"])
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg["toy_lr"])
+    for _ in tqdm(range(cfg["toy_steps"]), desc="fit toy codec"):
+        batch, crop = [], cfg["toy_crop"]  # random crops: the convolutional VAE fits faster, then runs on full frames
+        for i in rng.integers(len(videos), size=cfg["toy_batch"]):
+            _, _, t_len, height, width = videos[i].shape
+            t0, y0, x0 = (int(rng.integers(s - c + 1)) for s, c in ((t_len, n), (height, crop), (width, crop)))
+            batch.append(videos[i][:, :, t0:t0 + n, y0:y0 + crop, x0:x0 + crop])
+        x = torch.cat(batch)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = torch.nn.functional.l1_loss(recon, x) + torch.nn.functional.mse_loss(recon, x) + cfg["toy_kl"] * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval().requires_grad_(False)
+    # Wan normalises latents per channel with its VAE's statistics; a VAE fitted here needs its own.
+    with torch.no_grad():
+        z = torch.cat([vae.encode(v).latent_dist.mode().flatten(2) for v in videos[: cfg["stats_clips"]]], 2)
+    vae.register_to_config(latents_mean=z.mean((0, 2)).tolist(), latents_std=z.std((0, 2)).clamp_min(1e-3).tolist())
+    codec = LatentCodec(vae)
+    with torch.no_grad():  # reconstruction quality of the fitted codec on a training clip
+        x = videos[0]
+        psnr = float(10 * torch.log10(4.0 / torch.mean((codec.decode(codec.encode(x)) - x) ** 2)))
+    log.info("toy codec: reconstruction PSNR %.2f dB after %d steps", psnr, cfg["toy_steps"])
+    return codec, {"codec_recon_psnr_db": {"value": psnr, "step": cfg["toy_steps"]}}
+
+
+def text_encoder(params: dict) -> FrozenTextEncoder:
+    cfg = params["text_encoder"]
+    if cfg["kind"] == "minilm":
+        return FrozenTextEncoder.minilm(max_length=cfg["max_length"])
+    if cfg["kind"] == "umt5":
+        return FrozenTextEncoder.umt5(cfg["path"], max_length=cfg["max_length"])
+    raise ValueError(f"preprocess.text_encoder.kind must be minilm or umt5, got {cfg['kind']!r}")
+
+
+def clip_entry(row, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: int) -> dict:
+    """The cache entry of one clip (all tensors; see docs/architecture.md, 'Latent cache')."""
+    frames, _ = video_io.read_video(row.path)
+    with torch.no_grad():
+        latents = codec.encode(_video_tensor(frames))[0]
+        emb, mask = texts.encode([row.caption])
+    label = label_format.load_label(row.label_path)
+    pose, pose_valid = label_format.pose_targets(label)
+    hands = label["keypoints2d_hand"].copy()
+    hands[..., 2] *= label["hand_valid"][..., None]  # undetected / cut-off hands: confidence 0 -> crop fallback
+    wrists = label["keypoints2d_body"][:, MEDIAPIPE_WRISTS].copy()
+    wrists[..., 2] *= label["valid"][:, None]
+    # Driving frames at the motion encoder's input size, so the cache stays small at every scale.
+    h, w = video_io.target_size(frames.shape[1], frames.shape[2], driving_size**2, 8)
+    scale = np.array([w / frames.shape[2], h / frames.shape[1], 1.0], dtype=np.float32)
+    driving = video_io.resize_frames(frames, h, w)
+    return {
+        "latents": latents.float().contiguous(),
+        "text_embeddings": emb[0].float(),
+        "text_mask": mask[0].to(torch.uint8),
+        "driving_frames": torch.from_numpy(driving).permute(0, 3, 1, 2).contiguous(),  # uint8 (T, 3, h, w)
+        "hand_keypoints": torch.from_numpy(hands * scale).float(),  # (T, 2, 21, 3) in driving-frame pixels
+        "wrist_keypoints": torch.from_numpy(wrists * scale).float(),  # (T, 2, 3)
+        "pose_targets": torch.from_numpy(pose),  # (T, 306) 6D rotations, root excluded
+        "pose_valid": torch.from_numpy(pose_valid.astype(np.float32)),  # (T, 306)
+    }
+
+
+def encode_clips(clips: pd.DataFrame, codec: LatentCodec, params: dict) -> tuple[dict[str, Callable], dict]:
+    """Lazy cache entries (one clip encoded at a time while the catalog saves them) and a manifest."""
+    codec.eval()
+    texts = text_encoder(params)
+
+    def entry(row) -> Callable[[], dict]:
+        return lambda: clip_entry(row, codec, texts, params["driving_size"])
+
+    cache = {row.clip_id: entry(row) for row in clips.itertuples()}
+    c, f, h, w = codec.latent_shape(int(clips["num_frames"].iloc[0]), int(clips["height"].iloc[0]),
+                                    int(clips["width"].iloc[0]))
+    manifest = {"clips": len(cache), "latent_shape": [c, f, h, w], "text_encoder": params["text_encoder"],
+                "text_dim": texts.output_dim, "driving_size": params["driving_size"],
+                "codec": params["codec"].get("pretrained_path") or "toy"}
+    return cache, manifest
+
+
+def build_training_pairs(clips: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The candidate pairs of every training stage, from the train split (val pairs feed the sample grids)."""
+    tables = []
+    for name, stage in params["stages"].items():
+        for split in ("train", "val"):
+            subset = clips[clips["split"] == split]
+            try:
+                pairs = mixtures.build_pairs(subset, {**stage, "name": name})
+            except ValueError:
+                if split == "train":
+                    raise
+                continue  # a small val split may lack a kind: sample grids then use train pairs
+            tables.append(pairs.assign(stage=name, split=split))
+    return pd.concat(tables, ignore_index=True)

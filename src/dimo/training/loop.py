@@ -1,0 +1,134 @@
+"""The training loop: one stage, over a DeepSpeed engine, resumable to the exact same weights.
+
+Everything random in a step is drawn from a generator seeded by (seed, global step, micro step, rank), and the
+batch of a step depends only on those numbers, so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dimo.training import checkpoints
+from dimo.training.batches import PairBatches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSettings:
+    name: str
+    steps: int  # optimizer steps in this stage
+    global_step_offset: int  # steps of the stages before it (the geometric-loss anneal runs on global steps)
+    global_batch: int
+    micro_batch: int
+    lr: float
+    seed: int
+    checkpoint_every: int
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end
+    deepspeed_config: dict = field(default_factory=dict)
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size). Under the `deepspeed` launcher the env is set; a plain process becomes rank 0 of 1."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:  # a free port for the single-process gloo group
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def deepspeed_config(settings: StageSettings, world_size: int) -> dict:
+    """The stage's DeepSpeed config: the ZeRO json from conf/deepspeed plus batch sizes, optimizer and precision."""
+    per_step = settings.micro_batch * world_size
+    if settings.global_batch % per_step:
+        raise ValueError(f"{settings.name}: global_batch {settings.global_batch} is not a multiple of "
+                         f"micro_batch x world_size = {per_step}")
+    cfg = json.loads(json.dumps(settings.deepspeed_config))  # deep copy
+    on_gpu = torch.cuda.is_available()
+    cfg.update(train_batch_size=settings.global_batch, train_micro_batch_size_per_gpu=settings.micro_batch,
+               gradient_accumulation_steps=settings.global_batch // per_step, steps_per_print=10**9)
+    cfg.setdefault("optimizer", {"type": "Adam", "params": {}})
+    cfg["optimizer"]["params"]["lr"] = settings.lr
+    if not on_gpu:  # torch's Adam instead of compiling DeepSpeed's cpu_adam; fp32 on CPU
+        cfg["optimizer"]["params"]["torch_adam"] = True
+        cfg["bf16"] = {"enabled": False}
+        cfg.get("zero_optimization", {}).pop("offload_optimizer", None)
+        cfg.get("zero_optimization", {}).pop("offload_param", None)
+    return cfg
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSettings, checkpoint_dir: str | Path,
+                on_log: Callable[[int, dict], None] | None = None,
+                on_eval: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
+    """Train `model` for settings.steps optimizer steps; resume from checkpoint_dir if it holds a checkpoint.
+
+    on_log(global_step, metrics) and on_eval(global_step, model) run on rank 0 only. Returns summary stats.
+    """
+    import deepspeed
+
+    rank, world = init_distributed()
+    ds_cfg = deepspeed_config(settings, world)
+    accumulation = ds_cfg["gradient_accumulation_steps"]
+    batches.world_size, batches.accumulation = world, accumulation
+    torch.manual_seed(settings.seed)  # DeepSpeed/torch internals that use the global RNG
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
+                                           config=ds_cfg)
+    checkpoints.use_weights_only_loading(engine)
+    resumed = checkpoints.load(engine, checkpoint_dir)
+    start = resumed["stage_step"] if resumed else 0
+    if resumed:
+        log.info("%s: resumed from %s at step %d", settings.name, checkpoints.latest_tag(checkpoint_dir), start)
+    elif start == 0 and rank == 0:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+
+    engine.train()
+    bar = tqdm(total=settings.steps, initial=start, desc=settings.name, disable=rank != 0, unit="step")
+    samples_per_step = settings.global_batch
+    t_start, losses = time.perf_counter(), {}
+    for step in range(start, settings.steps):
+        global_step = settings.global_step_offset + step
+        totals: dict[str, float] = {}
+        for micro in range(accumulation):
+            batch = batches.batch(step, micro, rank)
+            out = engine(batch, step=global_step, generator=step_generator(settings.seed, step, micro, rank))
+            engine.backward(out["loss"])
+            engine.step()
+            for key, value in out.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) / accumulation
+        losses = totals
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals['loss']:.4f}")
+        if rank == 0 and on_log and (done % settings.log_every == 0 or done == settings.steps):
+            elapsed = time.perf_counter() - t_start
+            rate = (done - start) * samples_per_step / max(elapsed, 1e-9)
+            on_log(global_step, {**totals, "samples_per_s": rate})
+        if done % settings.checkpoint_every == 0 or done == settings.steps:
+            checkpoints.save(engine, checkpoint_dir, done, {"stage_step": done, "global_step": global_step + 1})
+        if rank == 0 and on_eval and settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
+            on_eval(global_step, engine.module)
+    bar.close()
+    if rank == 0 and on_eval:
+        on_eval(settings.global_step_offset + settings.steps - 1, engine.module)
+    elapsed = time.perf_counter() - t_start
+    return {"start_step": start, "final_losses": losses, "seconds": elapsed,
+            "samples_per_s": (settings.steps - start) * samples_per_step / max(elapsed, 1e-9)}
