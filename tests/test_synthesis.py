@@ -18,7 +18,7 @@ from dimo import camera_vocabulary, clip_table, video_io
 from dimo.datasets import VideoDataset
 from dimo.pipelines.synthesize_views import nodes
 from dimo.synthesis import body, cameras, motion, render
-from dimo.synthesis.io import NpzDataset, load_npz
+from dimo.npz_io import NpzDataset, load_npz
 
 PARAMS = {
     "seed": 3, "fps": 16, "num_frames": 17, "target_area": 4096, "aspect": 1.0, "size_multiple": 16,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dimo.labelling import label_format as lf
+from dimo.synthesis.body import load_model as load_anny  # one cached Anny for synthesis and labelling
 
 
 def _level_order(parents: list[int], root: int) -> list[list[int]]:
@@ -49,7 +50,7 @@ class AnnyBackend:
     def __init__(self, phenotype: dict[str, float] | None = None, dtype=torch.float32):
         import anny
 
-        model = _anny_model()
+        model = load_anny()
         self.model = model
         self.dtype = dtype
         self.labels = list(model.bone_labels)
@@ -248,15 +249,6 @@ class AnnyBackend:
         if transl is not None:
             out[:, 0, :3, 3] = transl.double()
         return out
-
-
-@functools.cache
-def _anny_model():
-    import anny  # lazy: warp initialises on import
-
-    model = anny.Anny()
-    model.eval()
-    return model
 
 
 @functools.cache

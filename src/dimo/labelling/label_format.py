@@ -11,15 +11,13 @@ hands ordered (left, right) like the model's hand crops.
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dimo.npz_io import load_npz, save_npz
 
 LABEL_VERSION = 1
 ROT_REPR = "rot6d"
@@ -195,28 +193,10 @@ def pose_targets(label: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_label(path: str | Path, label: dict[str, np.ndarray]) -> Path:
-    """Checked, atomic, byte-reproducible .npz (fixed zip timestamps: same label -> same bytes)."""
+    """Checked, atomic, byte-reproducible .npz (same label -> same bytes)."""
     check_label(label)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for key in sorted(label):
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.asanyarray(label[key]), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_npz(path, label)
 
 
 def load_label(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    return load_npz(path)

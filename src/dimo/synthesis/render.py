@@ -131,8 +131,6 @@ def projection(K: np.ndarray, width: int, height: int, near: float = 0.05, far: 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray, incidence=None) -> np.ndarray:
     """Area-weighted vertex normals for (T, V, 3) vertices. A sparse vertex-face incidence product: fast, and
     (unlike a threaded scatter-add) summed in a fixed order, so the same mesh always shades the same."""
-    import scipy.sparse
-
     if incidence is None:
         incidence = face_incidence(faces, vertices.shape[1])
     v = np.asarray(vertices, dtype=np.float64)

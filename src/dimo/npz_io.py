@@ -1,4 +1,4 @@
-"""A Kedro dataset for per-clip ground truth: a dict of numpy arrays as a byte-reproducible .npz.
+"""Byte-reproducible .npz files (ground truth, labels) and their Kedro dataset: a dict of numpy arrays.
 
 kedro-datasets 9.6 has no numpy/npz dataset, and numpy.savez stamps each member with the current time, so the
 same arrays give different bytes; this writer fixes the zip timestamps (and writes atomically).
