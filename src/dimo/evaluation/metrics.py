@@ -14,7 +14,6 @@ as a number. Mismatched or malformed inputs raise ValueError.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -90,6 +90,8 @@ def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSet
     accumulation = ds_cfg["gradient_accumulation_steps"]
     batches.world_size, batches.accumulation = world, accumulation
     torch.manual_seed(settings.seed)  # DeepSpeed/torch internals that use the global RNG
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # tiny CPU models hit denormal floats: several times slower without this
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
                                            config=ds_cfg)
     checkpoints.use_weights_only_loading(engine)

@@ -36,6 +36,7 @@ def prepare_codec(clips: pd.DataFrame, params: dict) -> tuple[LatentCodec, dict]
     if cfg.get("pretrained_path"):
         return LatentCodec.from_pretrained(cfg["pretrained_path"]), {}
     torch.manual_seed(params["seed"])
+    torch.set_flush_denormal(True)  # CPU: denormal floats in small conv nets cost several times the time
     vae = LatentCodec.tiny(seed=params["seed"]).vae.requires_grad_(True).train()
     train = clips[clips["split"] == "train"]
     videos = [_video_tensor(video_io.read_video(p)[0]) for p in train["path"]]
