@@ -129,8 +129,17 @@ def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSet
         if rank == 0 and on_eval and settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
             on_eval(global_step, engine.module)
     bar.close()
+    if engine.zero_optimization_stage() == 3:
+        # ZeRO-3 leaves each rank with a shard of every parameter: gather the full weights into the module
+        # (on CPU copies) so that saving it writes the real tensors.
+        params = list(model.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            full = [p.detach().clone() for p in params]
+        engine.destroy()
+        for param, value in zip(params, full):
+            param.data = value
     if rank == 0 and on_eval:
-        on_eval(settings.global_step_offset + settings.steps - 1, engine.module)
+        on_eval(settings.global_step_offset + settings.steps - 1, model)
     elapsed = time.perf_counter() - t_start
     return {"start_step": start, "final_losses": losses, "seconds": elapsed,
             "samples_per_s": (settings.steps - start) * samples_per_step / max(elapsed, 1e-9)}
