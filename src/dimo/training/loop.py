@@ -102,6 +102,10 @@ def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSet
     elif start == 0 and rank == 0:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
 
+    if engine.zero_optimization_stage() == 3 and on_eval is not None:
+        # A rank-0-only forward cannot gather ZeRO-3 shards from the other ranks: no sample grids under ZeRO-3.
+        log.warning("%s: ZeRO-3: sample grids are skipped (they run on rank 0 only)", settings.name)
+        on_eval = None
     engine.train()
     bar = tqdm(total=settings.steps, initial=start, desc=settings.name, disable=rank != 0, unit="step")
     samples_per_step = settings.global_batch

@@ -63,6 +63,8 @@ def configure_for_stage(model: DimoModel, stage: dict, params: dict) -> None:
     model.config.p_drop_motion = stage.get("p_drop_motion", params["p_drop_motion"])  # 1.0 = no motion at all
     geo = params["geometric_loss"] if stage.get("geometric_loss", True) else {**params["geometric_loss"], "start": 0.0}
     model.geo_schedule = AnnealSchedule(**geo)
+    if model.config.gradient_checkpointing:  # real-scale configs: activations of 48K-token clips need it
+        model.enable_gradient_checkpointing()
 
 
 def fingerprint(stage: str, params: dict, pairs: pd.DataFrame) -> str:
