@@ -79,3 +79,23 @@ def project_copy(tmp_path: Path) -> Path:
     for layer in ("01_raw/videos", "02_intermediate", "03_primary", "08_reporting"):
         (dst / "data" / layer).mkdir(parents=True)
     return dst
+
+
+@pytest.fixture(scope="session")
+def smoke_chain(tmp_path_factory) -> Path:
+    """A project copy after `kedro run --env=smoke`: the whole default chain (synthesis to evaluate) at smoke
+    size, run once per session and shared by the training, evaluation and sweep tests."""
+    dst = tmp_path_factory.mktemp("chain") / "project"
+    dst.mkdir()
+    for item in ("pyproject.toml", "conf", "src"):
+        src = PROJECT_ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "local"))
+        else:
+            shutil.copy(src, dst / item)
+    (dst / "conf" / "local").mkdir()
+    (dst / "data" / "01_raw" / "videos").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    out = run_cli(["kedro", "run", "--env=smoke"], cwd=dst, timeout=1500)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return dst

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -79,23 +78,10 @@ def test_geometric_weight_anneals_over_global_steps_like_the_paper():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A project copy after `kedro run --env=smoke` of the whole chain up to train_stage3."""
-    dst = tmp_path_factory.mktemp("chain") / "project"
-    dst.mkdir()
-    for item in ("pyproject.toml", "conf", "src"):
-        src = PROJECT_ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "local"))
-        else:
-            shutil.copy(src, dst / item)
-    (dst / "conf" / "local").mkdir()
-    (dst / "data" / "01_raw" / "videos").mkdir(parents=True)
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    out = run_cli(["kedro", "run", "--env=smoke"], cwd=dst, timeout=1200)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
-    return dst
+def trained(smoke_chain):
+    """A project copy after `kedro run --env=smoke` of the whole default chain (tests/conftest.py)."""
+    mlflow.set_tracking_uri(f"sqlite:///{smoke_chain / 'mlflow.db'}")
+    return smoke_chain
 
 
 def test_chain_registers_every_stage_with_aliases(trained):

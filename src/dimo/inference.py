@@ -229,6 +229,7 @@ class Job:
     num_frames: int | None = None  # novel view: frames to generate (None: max_frames)
     hand_keypoints: np.ndarray | None = None  # (T_src, 2, 21, 3) in driving-video pixels
     wrist_keypoints: np.ndarray | None = None  # (T_src, 2, 3)
+    pose: np.ndarray | None = None  # (T_src, P) pose targets of a pseudo label (the "w/ SMPL ctrl." ablation)
 
 
 def _check_rate(path: Path, num_frames: int, src_fps: float, fps: float) -> None:
@@ -243,7 +244,18 @@ def _keypoints(job: Job, keypoints) -> Job:
     if keypoints is not None:
         T, H, W = job.driving.shape[:3]
         job.hand_keypoints, job.wrist_keypoints = load_keypoints(keypoints, T, H, W)
+        job.pose = load_pose(keypoints)
     return job
+
+
+def load_pose(path: str | Path) -> np.ndarray | None:
+    """The pose targets (T, P) of a project pseudo label (docs/labels.md), or None for other keypoint files."""
+    from dimo.labelling import label_format
+
+    try:
+        return label_format.pose_targets(label_format.load_label(path))[0]
+    except (KeyError, ValueError, OSError):
+        return None
 
 
 def prepare_animate(reference, driving, prompt: str | None = None, camera: str | None = None,
@@ -314,19 +326,25 @@ class Dimo:
         if job.task == "novel_view":  # zero motion: the image repeated; the camera prompt alone moves the view
             T = usable_frames(job.num_frames or opts.max_frames, job.num_frames or opts.max_frames, c)
             driving, hands, wrists, fps = np.repeat(job.driving[:1], T, axis=0), None, None, opts.fps
+            pose = np.repeat(job.pose[:1], T, axis=0) if job.pose is not None else None
             info = {}
         else:
             idx, fps = driving_indices(job.source, len(job.driving), job.source_fps, opts, c)
             driving = job.driving[idx]
             hands = job.hand_keypoints[idx] if job.hand_keypoints is not None else None
             wrists = job.wrist_keypoints[idx] if job.wrist_keypoints is not None else None
+            pose = job.pose[idx] if job.pose is not None else None
             info = {"source_frames": len(job.driving), "source_fps": job.source_fps}
         reference = job.reference if job.reference is not None else driving[0]
-        return self._generate(reference, driving, hands, wrists, job.prompt, opts, fps, output, job.task, info)
+        if self.model.pose_tokenizer is not None and pose is None:
+            raise InferenceError(f"{self.source}: this model ({self.model.config.variant}) is driven by body pose, "
+                                 "not pixels: pass keypoints=<the driving video's pseudo-label .npz>")
+        return self._generate(reference, driving, hands, wrists, job.prompt, opts, fps, output, job.task, info,
+                              pose)
 
     # ---------------------------------------------------------------- internals
     def _generate(self, reference: np.ndarray, driving: np.ndarray, hands, wrists, text: str, opts: Options,
-                  fps: float, output, task: str, info: dict | None = None) -> Result:
+                  fps: float, output, task: str, info: dict | None = None, pose: np.ndarray | None = None) -> Result:
         T = len(driving)
         H, W = video_io.target_size(*reference.shape[:2], opts.target_area, opts.size_multiple)
         self._check_fits(T, H, W, opts)
@@ -345,7 +363,9 @@ class Dimo:
             video = self.model.generate(
                 self.codec, ref.to(self.device), drv.to(self.device), emb.to(self.device), mask.to(self.device),
                 negative_text_embeddings=neg.to(self.device) if neg is not None else None,
-                hand_keypoints=hands, wrist_keypoints=wrists, num_steps=int(opts.num_steps),
+                hand_keypoints=hands, wrist_keypoints=wrists,
+                pose=torch.from_numpy(pose)[None].to(self.device) if pose is not None else None,
+                num_steps=int(opts.num_steps),
                 guidance_text=float(opts.guidance_text), guidance_motion=float(opts.guidance_motion), generator=gen)
         frames = ((video[0].float().permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         frames = frames.cpu().numpy()

@@ -28,11 +28,16 @@ log = logging.getLogger(__name__)
 HASHED_PARAMS = ("body_model", "anny_phenotype", "smplx", "detect", "fit", "gates_per_frame")
 
 
-def content_hash(path: str | Path, params: dict) -> str:
+def content_hash(path: str | Path, params: dict, frames: np.ndarray | None = None) -> str:
+    """Key of a clip's label: its file bytes (or, for frames in memory, their pixels) and the label params."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    if frames is not None:
+        h.update(repr(frames.shape).encode())
+        h.update(np.ascontiguousarray(frames).tobytes())
+    else:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     relevant = {k: params.get(k) for k in HASHED_PARAMS}
     h.update(json.dumps({"label_version": lf.LABEL_VERSION, **relevant}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
@@ -173,14 +178,15 @@ def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitt
 
 def label_clips(clips: list[dict], store: LabelStore, params: dict, backend=None, root: str | Path = ".",
                 progress: bool = True) -> list[dict]:
-    """Label every clip (dicts with clip_id, path, fps). Returns one summary row per clip, in input order.
-    Cache hits are loaded from the store; misses are detected here and fitted in a worker thread in batches of
-    `fit_batch_clips`, overlapping the detection of the next clips."""
+    """Label every clip (dicts with clip_id, path, fps; or with `frames`, uint8 (T, H, W, 3) in memory, e.g.
+    generated videos). Returns one summary row per clip, in input order. Cache hits are loaded from the store;
+    misses are detected here and fitted in a worker thread in batches of `fit_batch_clips`, overlapping the
+    detection of the next clips."""
     from dimo.labelling.body_models import make_backend
 
     root = Path(root)
     gates = params["gates_per_frame"]
-    keys = [content_hash(root / c["path"], params) for c in clips]
+    keys = [content_hash(root / c["path"], params, c.get("frames")) for c in clips]
     todo = [i for i, k in enumerate(keys) if not store.has(k)]
     rows: dict[int, dict] = {}
     for i, k in enumerate(keys):
@@ -214,14 +220,17 @@ def label_clips(clips: list[dict], store: LabelStore, params: dict, backend=None
             for i in tqdm(todo, desc="pseudo_label", disable=not progress):
                 c = clips[i]
                 t0 = time.perf_counter()
-                try:
-                    frames, fps = video_io.read_video(root / c["path"])
-                except (video_io.VideoReadError, FileNotFoundError) as err:
-                    log.warning("pseudo_label: %s cannot be read (%s): labelled as empty", c["path"], err)
-                    frames = np.zeros((int(c.get("num_frames") or 1), 16, 16, 3), np.uint8)
+                frames = c.get("frames")
+                if frames is None:
+                    try:
+                        frames, _ = video_io.read_video(root / c["path"])
+                    except (video_io.VideoReadError, FileNotFoundError) as err:
+                        log.warning("pseudo_label: %s cannot be read (%s): labelled as empty", c["path"], err)
+                        frames = np.zeros((int(c.get("num_frames") or 1), 16, 16, 3), np.uint8)
                 d = detector.detect(frames)
                 detect_s[i] = time.perf_counter() - t0
-                batch.append((i, ({**c, "fps": float(c.get("fps") or 0.0)}, d, frame_masks(d, gates))))
+                meta = {k: v for k, v in c.items() if k != "frames"}
+                batch.append((i, ({**meta, "fps": float(c.get("fps") or 0.0)}, d, frame_masks(d, gates))))
                 if len(batch) >= batch_n:
                     flush()
                 collect(block=False)

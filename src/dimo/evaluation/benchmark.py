@@ -1,0 +1,379 @@
+"""The benchmark: which (driving, target) pairs, generation through the inference API, and per-pair scores.
+
+Protocols, all on held-out clips (the clip table's `test` split unless configured otherwise):
+
+* `reconstruction` (3DiMo Table 1, DisCo protocol): a clip drives itself; the reference is its first frame, the
+  prompt its caption.
+* `cross_view` (the view-rich benchmark): the driving clip is one view or camera path of a motion, the target
+  another view of the same motion; the reference is the target's first frame and the prompt the target's
+  caption, which names the target's camera. The generated video is compared with the target's ground-truth render.
+* `external`: rows of a user manifest (`external_pairs`), e.g. TikTok sequences, scored the same way.
+
+Per pair: PSNR / SSIM / LPIPS against the target; with `label_params`, the pseudo-labeller runs on the generated
+video and gives pose accuracy against the synthetic ground truth (MPJPE) and camera following (the apparent camera
+motion of the generated video against the target's, both measured by the same labeller). FID / FVD are set-level
+(`set_metrics`). Generation goes through `dimo.inference`, the code users run, so the benchmark measures it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dimo import camera_vocabulary, inference, video_io
+from dimo.evaluation import metrics as M
+from dimo.evaluation.common import MetricUnavailable
+
+log = logging.getLogger(__name__)
+
+KINDS = ("reconstruction", "cross_view")
+VIEW_RICH = ("multi_view", "moving_camera")
+PAIR_COLUMNS = ["pair_id", "kind", "driving_clip_id", "target_clip_id", "group_id", "driving_path", "reference_path",
+                "target_path", "keypoints_path", "prompt", "camera_motion", "camera_category", "supervision",
+                "target_label_path", "target_gt_path"]
+PER_PAIR_METRICS = ("psnr", "ssim", "lpips_alex", "lpips_vgg")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips_alex": False, "lpips_vgg": False, "lpips": False,
+                    "fid": False, "fvd": False, "mpjpe_mm": False, "pa_mpjpe_mm": False, "detection_rate": True,
+                    "camera_following": True}
+# Apparent camera motion, as seen by the labeller: scale change (zoom / dolly), image shift of the person (truck,
+# pan, pedestal) and turn of the body relative to the camera (arcs). A signal counts as "moving" beyond its unit.
+CAMERA_SIGNAL_UNITS = {"zoom": 0.15, "shift_x": 0.08, "shift_y": 0.08, "orbit_deg": 15.0}
+
+
+def _category(key) -> str:
+    if not isinstance(key, str) or not key:
+        return "unknown"
+    try:
+        return camera_vocabulary.get(key).category
+    except KeyError:
+        return "unknown"
+
+
+def _pair_row(kind: str, drv, tgt) -> dict:
+    label = getattr(drv, "label_path", None)
+    gt = getattr(tgt, "gt_path", None)
+    return {"pair_id": f"{kind[:5]}-{drv.clip_id}--{tgt.clip_id}" if kind != "reconstruction" else f"recon-{tgt.clip_id}",
+            "kind": kind, "driving_clip_id": drv.clip_id, "target_clip_id": tgt.clip_id, "group_id": tgt.group_id,
+            "driving_path": drv.path, "reference_path": tgt.path, "target_path": tgt.path,
+            "keypoints_path": label if isinstance(label, str) and label else None, "prompt": tgt.caption,
+            "camera_motion": tgt.camera_motion, "camera_category": _category(tgt.camera_motion),
+            "supervision": tgt.supervision, "target_label_path": getattr(tgt, "label_path", None),
+            "target_gt_path": gt if isinstance(gt, str) and gt else None}
+
+
+def benchmark_pairs(clips: pd.DataFrame, split: str = "test", kinds: Sequence[str] = KINDS,
+                    max_pairs: int | None = None) -> pd.DataFrame:
+    """The benchmark pairs of one split of a (labelled) clip table, ordered reconstruction then cross-view.
+
+    `max_pairs` keeps an even spread: at most that many pairs per kind, taken round-robin over groups."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown benchmark kinds {sorted(unknown)}; known: {list(KINDS)}")
+    subset = clips[clips["split"] == split].sort_values("clip_id")
+    rows: list[dict] = []
+    for kind in kinds:
+        if kind == "reconstruction":
+            part = [_pair_row(kind, c, c) for c in subset.itertuples()]
+        else:
+            part = []
+            rich = subset[subset["supervision"].isin(VIEW_RICH)]
+            for _, members in rich.groupby("group_id"):
+                views = list(members.itertuples())
+                part += [_pair_row(kind, a, b) for a in views for b in views if a.clip_id != b.clip_id]
+        rows += _spread(part, max_pairs)
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+def _spread(rows: list[dict], limit: int | None) -> list[dict]:
+    if limit is None or len(rows) <= limit:
+        return rows
+    by_group: dict[str, list[dict]] = {}
+    for r in rows:
+        by_group.setdefault(r["group_id"], []).append(r)
+    out, queues = [], list(by_group.values())
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+EXTERNAL_COLUMNS = ("driving", "target")  # required; optional: pair_id, reference, prompt, camera, keypoints, gt
+
+
+def external_pairs(manifest: pd.DataFrame | None, manifest_path: str | Path) -> pd.DataFrame:
+    """Pairs from a user manifest (CSV): one row per video to reproduce; paths relative to the manifest's folder.
+
+    Columns: `driving` (video) and `target` (ground-truth video) are required; `reference` (image or video, default
+    the target's first frame), `prompt` or `camera` (a vocabulary key; default static), `keypoints` (.npz of hand
+    keypoints for the driving video), `gt` (a synthetic-style ground-truth .npz for pose accuracy) and `pair_id`
+    are optional. Errors name the manifest, the row and the column."""
+    if manifest is None or manifest.empty:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    path = Path(manifest_path)
+    missing = [c for c in EXTERNAL_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; required {list(EXTERNAL_COLUMNS)}, optional "
+                         "pair_id, reference, prompt, camera, keypoints, gt")
+    base = path.parent
+    rows = []
+    for i, r in enumerate(manifest.to_dict("records")):
+        def file(col, required=False):
+            value = r.get(col)
+            if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+                if required:
+                    raise ValueError(f"{path}: row {i + 1}: empty {col!r}")
+                return None
+            p = Path(str(value))
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                raise ValueError(f"{path}: row {i + 1}: {col} file {p} does not exist")
+            return str(p)
+
+        driving, target = file("driving", True), file("target", True)
+        camera = r.get("camera") if isinstance(r.get("camera"), str) and r.get("camera") else None
+        prompt = r.get("prompt") if isinstance(r.get("prompt"), str) and r.get("prompt").strip() else None
+        try:
+            text = inference.build_prompt(prompt, camera if prompt is None else None)
+        except inference.InferenceError as err:
+            raise ValueError(f"{path}: row {i + 1}: {err}") from None
+        key = inference.camera_key(camera) if camera else ("static" if prompt is None else None)
+        pid = r.get("pair_id") if isinstance(r.get("pair_id"), str) and r.get("pair_id") else f"ext-{i:04d}"
+        rows.append({"pair_id": pid, "kind": "external", "driving_clip_id": Path(driving).stem,
+                     "target_clip_id": Path(target).stem, "group_id": pid, "driving_path": driving,
+                     "reference_path": file("reference") or target, "target_path": target,
+                     "keypoints_path": file("keypoints"), "prompt": text, "camera_motion": key,
+                     "camera_category": _category(key), "supervision": "external", "target_label_path": None,
+                     "target_gt_path": file("gt")})
+    out = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    dup = out["pair_id"][out["pair_id"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"{path}: duplicate pair_id values {dup}")
+    return out
+
+
+# ------------------------------------------------------------------ generation
+def dimo_from_model(model, codec, text_spec: Mapping, device: str = "cpu") -> inference.Dimo:
+    """An inference `Dimo` around an in-memory model (sweeps, ablations) with the text encoder it was trained with."""
+    from dimo.pipelines.preprocess.nodes import text_encoder
+
+    return inference.Dimo(model, codec, text_encoder({"text_encoder": dict(text_spec)}), device, source="in-memory")
+
+
+def generate(dimo: inference.Dimo, pairs: pd.DataFrame, options: inference.Options | None = None,
+             progress: bool = True) -> dict[str, np.ndarray]:
+    """{pair_id: generated uint8 (T, H, W, 3)} for every pair, one `animate` call each (same seed for all)."""
+    opts = replace(options or inference.Options(), progress=False)
+    out = {}
+    for row in tqdm(list(pairs.itertuples()), desc="benchmark: generate", disable=not progress):
+        job = inference.prepare_animate(row.reference_path, row.driving_path, prompt=row.prompt,
+                                        keypoints=row.keypoints_path or None, fps=opts.fps)
+        out[row.pair_id] = dimo.run(job, None, opts).frames
+    return out
+
+
+def side_by_side(reference: np.ndarray, driving: np.ndarray, generated: np.ndarray,
+                 target: np.ndarray) -> np.ndarray:
+    """reference | driving | generated | target, each (T, H, W, 3) at the target's size (reference: one image)."""
+    T, H, W, _ = target.shape
+    T = min(T, len(generated), len(driving))
+    ref = np.repeat(video_io.resize_frames(reference[None], H, W), T, axis=0)
+    parts = [ref, video_io.resize_frames(driving[:T], H, W), video_io.resize_frames(generated[:T], H, W), target[:T]]
+    return np.concatenate(parts, axis=2)
+
+
+def read_target(path: str | Path) -> np.ndarray:
+    return video_io.read_video(path)[0]
+
+
+def align(generated: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Same frame count (the shorter) and the target's size: a model may round sizes to its patch grid."""
+    T = min(len(generated), len(target))
+    gen, tgt = generated[:T], target[:T]
+    if gen.shape[1:3] != tgt.shape[1:3]:
+        gen = video_io.resize_frames(gen, *tgt.shape[1:3])
+    return gen, tgt
+
+
+# ------------------------------------------------------------------ scores
+def score(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray], metrics: Sequence[str] = PER_PAIR_METRICS,
+          weights: M.WeightsConfig | Mapping | None = None, label_params: dict | None = None,
+          label_store=None, progress: bool = True) -> pd.DataFrame:
+    """One row per pair: the pair's columns plus a column per metric (NaN where unavailable; the reason is in
+    `unavailable`). With `label_params` (the pseudo_label parameters) also pose accuracy and camera following."""
+    cfg = M.WeightsConfig.from_any(weights)
+    unknown = set(metrics) - set(PER_PAIR_METRICS)
+    if unknown:
+        raise ValueError(f"unknown per-pair metrics {sorted(unknown)}; known: {list(PER_PAIR_METRICS)}")
+    missing = [p for p in pairs["pair_id"] if p not in generated]
+    if missing:
+        raise ValueError(f"no generated video for pairs {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    rows = []
+    for row in tqdm(list(pairs.itertuples()), desc="benchmark: score", disable=not progress):
+        gen, tgt = align(np.asarray(generated[row.pair_id]), read_target(row.target_path))
+        out, reasons = {}, []
+        for name in metrics:
+            if name == "psnr":
+                value = M.psnr(gen, tgt)
+            elif name == "ssim":
+                value = M.ssim(gen, tgt)
+            else:
+                value = M.lpips(gen, tgt, name.removeprefix("lpips_"), cfg.lpips_dir, cfg.device, cfg.batch_size)
+            if isinstance(value, MetricUnavailable):
+                reasons.append(str(value))
+                value = np.nan
+            out[name] = float(value)
+        rows.append({**row._asdict(), **out, "frames": len(gen), "unavailable": "; ".join(sorted(set(reasons)))})
+    table = pd.DataFrame(rows).drop(columns=["Index"])
+    if label_params is not None:
+        table = table.merge(pose_and_camera(pairs, generated, label_params, label_store, progress), on="pair_id",
+                            how="left")
+    return table
+
+
+def set_metrics(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray],
+                weights: M.WeightsConfig | Mapping | None = None) -> dict[str, float | MetricUnavailable]:
+    """FID (frames) and FVD (16-frame clips) of all generated videos against all targets."""
+    cfg = M.WeightsConfig.from_any(weights)
+    if pairs.empty:
+        return {"fid": MetricUnavailable("fid", "no pairs"), "fvd": MetricUnavailable("fvd", "no pairs")}
+    gens, tgts = zip(*(align(np.asarray(generated[r.pair_id]), read_target(r.target_path))
+                       for r in pairs.itertuples()))
+    return {"fid": M.fid(list(gens), list(tgts), cfg.inception_path, cfg.device, cfg.batch_size),
+            "fvd": M.fvd(list(gens), list(tgts), cfg.i3d_path, cfg.fvd_num_frames, cfg.fvd_clips, cfg.device,
+                         max(1, cfg.batch_size // 4))}
+
+
+def codec_ceiling(pairs: pd.DataFrame, codec, metrics: Sequence[str] = PER_PAIR_METRICS,
+                  weights: M.WeightsConfig | Mapping | None = None) -> dict[str, float]:
+    """The best a generator can score through its VAE: each distinct target encoded and decoded, then scored
+    like a generated video (at toy scale the fitted VAE, not the generator, bounds PSNR / SSIM)."""
+    import torch
+
+    targets = pairs.drop_duplicates("target_clip_id")
+    recon = {}
+    for r in targets.itertuples():
+        frames = read_target(r.target_path)
+        x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+        with torch.no_grad():
+            y = codec.decode(codec.encode(x))[0]
+        recon[r.pair_id] = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    table = score(targets, recon, metrics, weights, progress=False)
+    return {"pairs": len(targets), **{m: float(table[m].mean()) for m in metrics}}
+
+
+# ------------------------------------------------------------------ pose accuracy and camera following
+def camera_signals(label: Mapping[str, np.ndarray], min_frames: int = 4) -> dict[str, float] | None:
+    """The apparent camera motion of a labelled video, from its first to its last quarter of valid frames:
+    zoom = log scale change of the torso, shift_x/y = the person's image shift (fraction of the frame),
+    orbit_deg = the body's turn about the camera's vertical axis. None with too few valid frames."""
+    from dimo.labelling import label_format as lf
+
+    valid = np.flatnonzero(np.asarray(label["valid"], bool))
+    if len(valid) < min_frames:
+        return None
+    q = max(1, len(valid) // 4)
+    first, last = valid[:q], valid[-q:]
+    kp = np.asarray(label["keypoints2d_body"], np.float64)  # (T, 33, 3) pixels
+    H, W = float(label["height"]), float(label["width"])
+    shoulders, hips = kp[:, [11, 12], :2].mean(1), kp[:, [23, 24], :2].mean(1)
+    torso = np.linalg.norm(shoulders - hips, axis=-1)
+    centre = (shoulders + hips) / 2
+    R = lf.matrix_from_rot6d(np.asarray(label["root_orient"], np.float64))
+    R = np.asarray(R)
+    rel = R[last[-1]] @ R[first[0]].T  # the body's turn in camera axes (x right, y down, z forward)
+    return {"zoom": float(np.log(np.median(torso[last]) / max(np.median(torso[first]), 1e-6))),
+            "shift_x": float((np.median(centre[last, 0]) - np.median(centre[first, 0])) / W),
+            "shift_y": float((np.median(centre[last, 1]) - np.median(centre[first, 1])) / H),
+            "orbit_deg": float(np.degrees(np.arctan2(rel[0, 2], rel[2, 2])))}
+
+
+def follows(generated: Mapping[str, float], target: Mapping[str, float]) -> bool:
+    """Does the generated video show the target's camera motion? The target's dominant signal (in units of
+    CAMERA_SIGNAL_UNITS) must appear with the same sign and at least half its size; a target below one unit on
+    every signal (a static camera) is followed when the generated video also stays below one unit."""
+    g = {k: generated[k] / u for k, u in CAMERA_SIGNAL_UNITS.items()}
+    t = {k: target[k] / u for k, u in CAMERA_SIGNAL_UNITS.items()}
+    key = max(t, key=lambda k: abs(t[k]))
+    if abs(t[key]) < 1.0:
+        return all(abs(v) < 1.0 for v in g.values())
+    return bool(np.sign(g[key]) == np.sign(t[key]) and abs(g[key]) >= 0.5 * abs(t[key]))
+
+
+def pose_and_camera(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray], label_params: dict,
+                    label_store=None, progress: bool = True) -> pd.DataFrame:
+    """Label the generated videos (cached by pixels in `label_store`) and compare: pose against the target's
+    ground truth (MPJPE / PA-MPJPE of the fitted body, mm, hip-centred), camera motion against the target's label."""
+    import tempfile
+
+    from dimo.labelling import accuracy, labeller
+    from dimo.labelling import label_format as lf
+
+    tmp = None
+    if label_store is None:
+        tmp = tempfile.TemporaryDirectory()
+        label_store = labeller.LabelStore(tmp.name)
+    try:
+        clips = [{"clip_id": r.pair_id, "path": f"generated/{r.pair_id}", "fps": inference.MODEL_FPS,
+                  "num_frames": len(generated[r.pair_id]), "frames": np.asarray(generated[r.pair_id])}
+                 for r in pairs.itertuples()]
+        t0 = time.perf_counter()
+        rows = labeller.label_clips(clips, label_store, label_params, progress=progress)
+        log.info("benchmark: labelled %d generated videos in %.1f s", len(rows), time.perf_counter() - t0)
+        out = []
+        for r, lab_row in zip(pairs.itertuples(), rows):
+            label = lf.load_label(lab_row["label_path"])
+            res = {"pair_id": r.pair_id, "detection_rate": float(np.mean(label["person_detected"]))}
+            if r.target_gt_path:
+                with np.load(r.target_gt_path) as gt_file:
+                    acc = accuracy.clip_accuracy(label, {k: gt_file[k] for k in gt_file.files})
+                res["mpjpe_mm"] = float(np.mean(acc["mpjpe_fit"])) if acc.get("mpjpe_fit") else np.nan
+                res["pa_mpjpe_mm"] = float(np.mean(acc["pa_mpjpe_fit"])) if acc.get("pa_mpjpe_fit") else np.nan
+            gen_sig = camera_signals(label)
+            tgt_sig = camera_signals(lf.load_label(r.target_label_path)) if isinstance(r.target_label_path, str) \
+                else None
+            if gen_sig is not None and tgt_sig is not None:
+                res["camera_following"] = float(follows(gen_sig, tgt_sig))
+                res.update({f"camera_{k}_error": abs(gen_sig[k] - tgt_sig[k]) for k in CAMERA_SIGNAL_UNITS})
+            out.append(res)
+        return pd.DataFrame(out)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+# ------------------------------------------------------------------ tables
+def summarise(scores: pd.DataFrame, set_level: Mapping[str, Mapping[str, float | MetricUnavailable]] | None = None
+              ) -> pd.DataFrame:
+    """One row per group (every kind, and the cross-view pairs split into static and moving targets), a column
+    per metric (means over pairs, each pair weighing the same); set-level FID/FVD per kind where given."""
+    groups = [(kind, scores[scores["kind"] == kind]) for kind in scores["kind"].unique()]
+    cross = scores[scores["kind"] == "cross_view"]
+    if len(cross):
+        static = cross["camera_category"] == "static"
+        groups += [("cross_view / static camera", cross[static]), ("cross_view / moving camera", cross[~static])]
+    cols = [c for c in HIGHER_IS_BETTER if c in scores.columns]
+    rows = []
+    for name, part in groups:
+        if part.empty:
+            continue
+        row = {"benchmark": name, "pairs": len(part), **{c: part[c].mean() for c in cols}}
+        for key, value in (set_level or {}).get(name, {}).items():
+            row[key] = np.nan if isinstance(value, MetricUnavailable) else float(value)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    order = ["benchmark", "pairs"] + [c for c in HIGHER_IS_BETTER if c in table.columns]
+    return table[order] if len(table) else table
+
+
+def markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
+    arrows = {c: f"{c} {'↑' if up else '↓'}" for c, up in HIGHER_IS_BETTER.items()}
+    body = table.rename(columns=arrows).to_markdown(index=False, floatfmt=".4g") if len(table) else "(no pairs)"
+    return "\n".join([f"## {title}", "", body, "", *[f"- {n}" for n in notes], ""])

@@ -1,0 +1,21 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import generate_benchmark, score_benchmark, select_benchmark
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(select_benchmark, ["labelled_clip_table", "benchmark_manifest", "params:evaluate"],
+                 "benchmark_pairs", name="select_benchmark"),
+            # stage3_registration only orders evaluate after training in the default chain; the model is
+            # evaluate.model (a registry alias).
+            Node(generate_benchmark, ["benchmark_pairs", "stage3_registration", "params:evaluate"],
+                 ["benchmark_videos", "benchmark_side_by_side", "benchmark_montage", "benchmark_generation"],
+                 name="generate_benchmark"),
+            Node(score_benchmark, ["benchmark_pairs", "benchmark_videos", "benchmark_label_store",
+                                   "benchmark_generation", "params:evaluate", "params:pseudo_label"],
+                 ["benchmark_scores", "benchmark_table_csv", "benchmark_table_md", "benchmark_metrics"],
+                 name="score_benchmark"),
+        ]
+    )

@@ -1,0 +1,169 @@
+"""The benchmark: which pairs, external manifests, scores, camera following, and the `evaluate` pipeline run in
+the smoke chain (a registered model generates, the tables reach MLflow)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from dimo import video_io
+from dimo.evaluation import benchmark
+
+
+def clips(tmp_path=None) -> pd.DataFrame:
+    rows = [("s0", "a", "single_view", "static", "test"), ("s1", "b", "single_view", "zoom_in", "train")]
+    rows += [(f"m{v}", "mv", "multi_view", "static", "test") for v in range(3)]
+    rows += [(f"c{v}", "mc", "moving_camera", m, "test") for v, m in enumerate(("arc_left_30", "zoom_in"))]
+    table = pd.DataFrame(rows, columns=["clip_id", "group_id", "supervision", "camera_motion", "split"])
+    return table.assign(path=[f"{c}.mp4" for c in table["clip_id"]], caption="A person moves. The camera remains static.",
+                        label_path=None, gt_path=None)
+
+
+def test_benchmark_pairs_are_every_clip_and_every_ordered_view_pair_of_the_split():
+    pairs = benchmark.benchmark_pairs(clips(), "test")
+    recon, cross = pairs[pairs["kind"] == "reconstruction"], pairs[pairs["kind"] == "cross_view"]
+    assert sorted(recon["target_clip_id"]) == ["c0", "c1", "m0", "m1", "m2", "s0"]  # s1 is train
+    assert (recon["driving_clip_id"] == recon["target_clip_id"]).all()
+    assert len(cross) == 3 * 2 + 2 * 1  # ordered pairs inside the multi-view and the moving-camera group
+    assert (cross["driving_clip_id"] != cross["target_clip_id"]).all()
+    assert (cross.groupby("pair_id").size() == 1).all() and pairs["pair_id"].is_unique
+    # the reference is the target's first frame and the prompt its caption (paper Sec. 3.3)
+    assert (pairs["reference_path"] == pairs["target_path"]).all()
+    assert set(cross.loc[cross["target_clip_id"] == "c0", "camera_category"]) == {"complex"}
+    assert len(benchmark.benchmark_pairs(clips(), "test", ["cross_view"], max_pairs=3)) == 3
+    spread = benchmark.benchmark_pairs(clips(), "test", ["cross_view"], max_pairs=2)
+    assert set(spread["group_id"]) == {"mc", "mv"}  # round-robin over groups, not the first group twice
+    with pytest.raises(ValueError, match="unknown benchmark kinds"):
+        benchmark.benchmark_pairs(clips(), "test", ["novel"])
+
+
+def test_external_manifest_rows_become_pairs_and_bad_rows_name_the_manifest(tmp_path, write_clip):
+    write_clip(tmp_path / "drive.mp4", n=9)
+    write_clip(tmp_path / "gt.mp4", n=9, seed=1)
+    manifest = tmp_path / "manifest.csv"
+    table = pd.DataFrame({"driving": ["drive.mp4", "drive.mp4"], "target": ["gt.mp4", "gt.mp4"],
+                          "camera": ["arc_left_30", None], "prompt": [None, "A dancer spins. The camera moves left."]})
+    pairs = benchmark.external_pairs(table, manifest)
+    assert list(pairs["kind"]) == ["external", "external"] and pairs["pair_id"].is_unique
+    assert pairs.loc[0, "prompt"].endswith("The camera arcs 30 degrees to the left around the subject.")
+    assert pairs.loc[0, "camera_category"] == "complex" and pairs.loc[1, "prompt"].startswith("A dancer")
+    assert pairs.loc[0, "driving_path"] == str(tmp_path / "drive.mp4")
+    with pytest.raises(ValueError, match=r"manifest.csv: missing column\(s\) \['target'\]"):
+        benchmark.external_pairs(table.drop(columns="target"), manifest)
+    with pytest.raises(ValueError, match=r"manifest.csv: row 2: target file .*nope.mp4 does not exist"):
+        benchmark.external_pairs(table.assign(target=["gt.mp4", "nope.mp4"]), manifest)
+    with pytest.raises(ValueError, match="manifest.csv: row 1: unknown camera motion 'orbit_twice'"):
+        benchmark.external_pairs(table.assign(camera=["orbit_twice", None]), manifest)
+    assert benchmark.external_pairs(None, manifest).empty
+
+
+def test_scores_are_perfect_on_the_target_and_worsen_with_noise(tmp_path, write_clip):
+    target_path = write_clip(tmp_path / "t.mp4", n=9)
+    target = video_io.read_video(target_path)[0]
+    pairs = pd.DataFrame([{"pair_id": p, "kind": "cross_view", "target_path": str(target_path)}
+                          for p in ("same", "noisy", "noisier")])
+    rng = np.random.default_rng(0)
+
+    def noisy(sigma):
+        return np.clip(target + rng.normal(0, sigma, target.shape), 0, 255).astype(np.uint8)
+
+    scores = benchmark.score(pairs, {"same": target, "noisy": noisy(10), "noisier": noisy(40)},
+                             metrics=("psnr", "ssim"), progress=False).set_index("pair_id")
+    assert np.isinf(scores.loc["same", "psnr"]) and scores.loc["same", "ssim"] == pytest.approx(1.0)
+    assert scores.loc["noisy", "psnr"] > scores.loc["noisier", "psnr"]
+    assert 1.0 > scores.loc["noisy", "ssim"] > scores.loc["noisier", "ssim"]
+    with pytest.raises(ValueError, match="no generated video for pairs"):
+        benchmark.score(pairs, {"same": target}, metrics=("psnr",), progress=False)
+    # a generated video at another size is compared at the target's size, over the common frames
+    small = video_io.resize_frames(target[:5], 32, 48)
+    row = benchmark.score(pairs.iloc[:1], {"same": small}, metrics=("psnr",), progress=False).iloc[0]
+    assert row["frames"] == 5 and np.isfinite(row["psnr"])
+
+
+def _label(torso_px: np.ndarray, centre_x: np.ndarray, yaw_deg: np.ndarray, W: int = 128, H: int = 128) -> dict:
+    from dimo.labelling import label_format as lf
+
+    T = len(torso_px)
+    kp = np.zeros((T, 33, 3), np.float32)
+    kp[:, [11, 12], 0] = centre_x[:, None]
+    kp[:, [11, 12], 1] = H / 2 - torso_px[:, None] / 2
+    kp[:, [23, 24], 0] = centre_x[:, None]
+    kp[:, [23, 24], 1] = H / 2 + torso_px[:, None] / 2
+    a = np.radians(yaw_deg)
+    R = np.zeros((T, 3, 3))
+    R[:, 0, 0], R[:, 0, 2], R[:, 1, 1], R[:, 2, 0], R[:, 2, 2] = np.cos(a), np.sin(a), 1, -np.sin(a), np.cos(a)
+    return {"valid": np.ones(T, bool), "keypoints2d_body": kp, "height": H, "width": W,
+            "root_orient": lf.rot6d_from_matrix(R).astype(np.float32)}
+
+
+def test_camera_signals_read_zoom_shift_and_orbit_and_following_compares_them():
+    T = 16
+    still = _label(np.full(T, 40.0), np.full(T, 64.0), np.zeros(T))
+    zoom = _label(np.linspace(40, 60, T), np.full(T, 64.0), np.zeros(T))
+    truck = _label(np.full(T, 40.0), np.linspace(64, 40, T), np.zeros(T))
+    arc = _label(np.full(T, 40.0), np.full(T, 64.0), np.linspace(0, 30, T))
+    s = {name: benchmark.camera_signals(lab) for name, lab in
+         {"still": still, "zoom": zoom, "truck": truck, "arc": arc}.items()}
+    assert s["still"] == pytest.approx({"zoom": 0, "shift_x": 0, "shift_y": 0, "orbit_deg": 0}, abs=1e-9)
+    assert 0.25 < s["zoom"]["zoom"] < np.log(60 / 40)  # medians of the first and last quarters
+    assert s["truck"]["shift_x"] < -0.1 and abs(s["truck"]["zoom"]) < 1e-9
+    assert s["arc"]["orbit_deg"] == pytest.approx(30, abs=1e-6)
+    assert benchmark.follows(s["zoom"], s["zoom"]) and benchmark.follows(s["still"], s["still"])
+    assert not benchmark.follows(s["still"], s["zoom"])  # the target zooms, the generated video does not
+    assert not benchmark.follows(s["zoom"], s["still"])  # the target is static, the generated video zooms
+    assert not benchmark.follows(s["truck"], s["arc"])
+    backwards = {**s["arc"], "orbit_deg": -30.0}
+    assert not benchmark.follows(backwards, s["arc"])  # the right motion in the wrong direction
+    few = _label(np.full(3, 40.0), np.full(3, 64.0), np.zeros(3))
+    assert benchmark.camera_signals(few) is None
+
+
+def test_summary_splits_cross_view_by_camera_and_keeps_set_level_reasons():
+    from dimo.evaluation.common import MetricUnavailable
+
+    scores = pd.DataFrame({"kind": ["reconstruction", "cross_view", "cross_view"],
+                           "camera_category": ["static", "static", "complex"], "psnr": [20.0, 14.0, 10.0],
+                           "ssim": [0.8, 0.6, 0.4]})
+    table = benchmark.summarise(scores, {"cross_view": {"fid": MetricUnavailable("fid", "no weights"),
+                                                        "fvd": 123.0}}).set_index("benchmark")
+    assert table.loc["cross_view", "psnr"] == 12.0 and table.loc["cross_view / static camera", "psnr"] == 14.0
+    assert table.loc["cross_view / moving camera", "pairs"] == 1
+    assert np.isnan(table.loc["cross_view", "fid"]) and table.loc["cross_view", "fvd"] == 123.0
+    md = benchmark.markdown(table.reset_index(), "t", ["note"])
+    assert "psnr ↑" in md and "fid ↓" in md and "- note" in md
+
+
+def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke_chain):
+    report = smoke_chain / "data" / "08_reporting" / "evaluate"
+    pairs = pd.read_parquet(smoke_chain / "data" / "07_model_output" / "evaluate" / "benchmark_pairs.parquet")
+    scores = pd.read_csv(report / "scores_per_pair.csv")
+    assert set(pairs["kind"]) == {"reconstruction", "cross_view"} and len(scores) == len(pairs)
+    assert scores["psnr"].between(5, 60).all() and scores["ssim"].between(-1, 1).all()
+    assert "detection_rate" in scores and scores["detection_rate"].between(0, 1).all()
+    videos = sorted((smoke_chain / "data" / "07_model_output" / "evaluate" / "videos").glob("*.mp4"))
+    assert [v.stem for v in videos] == sorted(pairs["pair_id"])
+    frames, fps = video_io.read_video(videos[0])
+    target = video_io.read_video(smoke_chain / pairs.set_index("pair_id").loc[videos[0].stem, "target_path"])[0]
+    assert frames.shape == target.shape and fps == 16
+    sbs = video_io.read_video(report / "side_by_side" / videos[0].name)[0]
+    assert sbs.shape[2] == 4 * target.shape[2]  # reference | driving | generated | target
+    table = pd.read_csv(report / "benchmark_table.csv")
+    assert {"reconstruction", "cross_view", "codec reconstruction (upper bound)"} <= set(table["benchmark"])
+    md = (report / "benchmark_table.md").read_text()
+    assert "models:/dimo@champion" in md and "unavailable: fid" in md  # no Inception weights in the copy
+    generation = json.loads((smoke_chain / "data" / "07_model_output" / "evaluate" / "generation.json").read_text())
+    assert generation["frames"] == sum(len(video_io.read_video(v)[0]) for v in videos)
+    mlflow.set_tracking_uri(f"sqlite:///{smoke_chain / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["dimo"], order_by=["start_time DESC"], output_format="list")[-1]
+    client = mlflow.MlflowClient()
+    runs = [r for r in mlflow.search_runs(experiment_names=["dimo"], output_format="list")
+            if "evaluate.reconstruction.psnr" in r.data.metrics]
+    assert runs, "no MLflow run logged the benchmark metrics"
+    run = runs[0]
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
+    assert {"evaluate/benchmark_table.md", "evaluate/benchmark_table.csv", "evaluate/scores_per_pair.csv",
+            "evaluate/side_by_side_montage.mp4"} <= names
