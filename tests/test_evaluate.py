@@ -158,7 +158,6 @@ def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke
     generation = json.loads((smoke_chain / "data" / "07_model_output" / "evaluate" / "generation.json").read_text())
     assert generation["frames"] == sum(len(video_io.read_video(v)[0]) for v in videos)
     mlflow.set_tracking_uri(f"sqlite:///{smoke_chain / 'mlflow.db'}")
-    run = mlflow.search_runs(experiment_names=["dimo"], order_by=["start_time DESC"], output_format="list")[-1]
     client = mlflow.MlflowClient()
     runs = [r for r in mlflow.search_runs(experiment_names=["dimo"], output_format="list")
             if "evaluate.reconstruction.psnr" in r.data.metrics]

@@ -169,13 +169,17 @@ def dimo_from_model(model, codec, text_spec: Mapping, device: str = "cpu") -> in
 
 def generate(dimo: inference.Dimo, pairs: pd.DataFrame, options: inference.Options | None = None,
              progress: bool = True) -> dict[str, np.ndarray]:
-    """{pair_id: generated uint8 (T, H, W, 3)} for every pair, one `animate` call each (same seed for all)."""
+    """{pair_id: generated uint8 (T, H, W, 3)} for every pair, one `animate` call each (same seed for all).
+    Unless the options fix them, the size is the reference's (the target's first frame) and the length the
+    driving clip's, so a generated video lines up with its target at every scale."""
     opts = replace(options or inference.Options(), progress=False)
     out = {}
     for row in tqdm(list(pairs.itertuples()), desc="benchmark: generate", disable=not progress):
         job = inference.prepare_animate(row.reference_path, row.driving_path, prompt=row.prompt,
                                         keypoints=row.keypoints_path or None, fps=opts.fps)
-        out[row.pair_id] = dimo.run(job, None, opts).frames
+        H, W = job.reference.shape[:2]
+        fit = replace(opts, target_area=opts.target_area or H * W, max_frames=opts.max_frames or len(job.driving))
+        out[row.pair_id] = dimo.run(job, None, fit).frames
     return out
 
 
@@ -330,7 +334,8 @@ def pose_and_camera(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray], la
         out = []
         for r, lab_row in zip(pairs.itertuples(), rows):
             label = lf.load_label(lab_row["label_path"])
-            res = {"pair_id": r.pair_id, "detection_rate": float(np.mean(label["person_detected"]))}
+            res = {"pair_id": r.pair_id, "detection_rate": float(np.mean(label["person_detected"])),
+                   "camera_following": np.nan}  # NaN: too few frames with a person to read the camera
             if r.target_gt_path:
                 with np.load(r.target_gt_path) as gt_file:
                     acc = accuracy.clip_accuracy(label, {k: gt_file[k] for k in gt_file.files})

@@ -138,5 +138,5 @@ def ablation_table(results: list[dict], ablation: dict) -> tuple[pd.DataFrame, s
         for m in ("ssim", "psnr", "lpips"):
             v = r[f"{m} (ours)"]
             if isinstance(v, float) and np.isfinite(v):
-                metrics[f"ablation.{key}.{m}"] = {"value": v, "step": 0}
+                metrics[f"{key}.{m}"] = {"value": v, "step": 0}
     return table, "\n".join(lines), metrics

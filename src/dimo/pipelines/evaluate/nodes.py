@@ -113,8 +113,8 @@ def score_benchmark(pairs: pd.DataFrame, generated: dict, label_store, generatio
         name = row["benchmark"].replace(" / ", ".").replace(" ", "_").replace("(", "").replace(")", "")
         for key, value in row.items():
             if key not in ("benchmark", "pairs") and isinstance(value, float) and np.isfinite(value):
-                metrics[f"evaluate.{name}.{key}"] = {"value": value, "step": 0}
-    metrics["evaluate.generation_frames_per_s"] = {"value": float(generation["frames_per_s"]), "step": 0}
-    metrics["evaluate.scoring_seconds"] = {"value": float(seconds), "step": 0}
+                metrics[f"{name}.{key}"] = {"value": value, "step": 0}
+    metrics["generation_frames_per_s"] = {"value": float(generation["frames_per_s"]), "step": 0}
+    metrics["scoring_seconds"] = {"value": float(seconds), "step": 0}
     log.info("evaluate:\n%s", md)
     return scores, table, md, metrics
