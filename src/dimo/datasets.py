@@ -182,6 +182,51 @@ class OptionalJSONDataset(AbstractDataset[dict, dict]):
         return {"filepath": str(self._filepath)}
 
 
+class Absent:
+    """What an optional file loads as when it does not exist: falsy, and it knows the path for error messages."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Absent({self.path!r})"
+
+
+class OptionalYAMLDataset(AbstractDataset[dict, dict]):
+    """A YAML file that loads as a falsy `Absent(path)` when it does not exist (the annealing sweep's best
+    parameters, which training reads only when asked to, and then names the missing path)."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict | Absent:
+        import yaml
+
+        if not self._filepath.is_file():
+            return Absent(self._filepath)
+        return yaml.safe_load(self._filepath.read_text()) or {}
+
+    def save(self, data: dict) -> None:
+        import os
+
+        import yaml
+
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._filepath.with_name(f".{self._filepath.name}.{os.getpid()}.tmp")  # atomic: readers never see half
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
 class OptionalPartitionedDataset(PartitionedDataset):
     """A folder of partitions that may be empty (no user videos yet): loads as {} instead of failing."""
 

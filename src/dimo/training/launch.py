@@ -42,14 +42,16 @@ def main(argv: list[str] | None = None) -> None:
                   ("training_pairs", "latent_cache", "latent_codec", "preprocess_manifest", "deepspeed_config")]
         previous = PREVIOUS[args.stage]
         prev_registration = catalog.load(f"{previous}_registration") if previous else None
+        # the annealing sweep's best schedule (used only with training.geometric_loss_from_sweep)
+        sweep_best = catalog.load("annealing_best_params") if args.stage != "pretrain" else None
         if rank != 0:
-            run_stage(args.stage, *inputs, params, prev_registration)
+            run_stage(args.stage, *inputs, params, prev_registration, sweep_best)
             return
         mlflow.set_experiment(context.mlflow.tracking.experiment.name)  # kedro-mlflow's config
         with mlflow.start_run(run_name=f"{args.stage} (deepspeed x{os.environ.get('WORLD_SIZE', '1')})"):
             mlflow.log_params({"stage": args.stage, "world_size": os.environ.get("WORLD_SIZE", "1"),
                                "env": args.env or "local"})
-            model, summary = run_stage(args.stage, *inputs, params, prev_registration)
+            model, summary = run_stage(args.stage, *inputs, params, prev_registration, sweep_best)
             catalog.save(f"{args.stage}_model", model)
             catalog.save(f"{args.stage}_summary", summary)
             codec, manifest = inputs[2], inputs[3]

@@ -7,6 +7,7 @@ At real scale it is skipped and stage 1 starts from a local Wan2.1 folder (`init
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -92,16 +93,61 @@ def configure_for_stage(model: DimoModel, stage: dict, params: dict) -> None:
 
 
 def fingerprint(stage: str, params: dict, pairs: pd.DataFrame) -> str:
-    """What a resumable checkpoint must agree with: the stage's parameters and its data."""
+    """What a resumable checkpoint must agree with: the stage's parameters (with the effective geometric-loss
+    schedule and learning rate, which the sweep's best parameters may change) and its data."""
     payload = json.dumps({"stage": params["stages"][stage], "model": params["model"], "batch": params["batch"],
-                          "seed": params["seed"], "pairs": pd.util.hash_pandas_object(pairs).sum().item()},
+                          "seed": params["seed"], "geometric_loss": params["geometric_loss"],
+                          "lr": params["stages"][stage].get("lr", params["lr"]),
+                          "pairs": pd.util.hash_pandas_object(pairs).sum().item()},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+SWEPT_SCHEDULE_KEYS = ("start", "end_step", "shape")  # what the annealing sweep searches (plus lr, optionally)
+
+
+def apply_schedule(params: dict, best: dict) -> dict:
+    """Training parameters with a swept schedule: `best["geometric_loss"]` (start, end_step, shape) replaces those
+    keys of `geometric_loss`; `best["lr"]`, when the sweep searched it, replaces `lr` for stage1..3 (a stage's
+    own lr included, since the sweep trained every stage at that rate). Used by the sweep's trials and by
+    training with `geometric_loss_from_sweep`, so both mean the same thing."""
+    out = copy.deepcopy(params)
+    geo = best.get("geometric_loss") or {}
+    out["geometric_loss"] = {**out["geometric_loss"], **{k: geo[k] for k in SWEPT_SCHEDULE_KEYS if k in geo}}
+    if best.get("lr") is not None:
+        out["lr"] = float(best["lr"])
+        for stage in STAGE_ORDER:
+            out["stages"][stage].pop("lr", None)
+    return out
+
+
+def effective_params(stage: str, params: dict, sweep_best) -> dict:
+    """`params`, or with `geometric_loss_from_sweep: true` the sweep's best schedule applied (stage1..3 only:
+    pretraining has no geometric loss). `sweep_best` is the `annealing_best_params` dataset: a dict, or a falsy
+    `dimo.datasets.Absent` naming the file when it does not exist (an error: the flag asks for it)."""
+    if not params.get("geometric_loss_from_sweep", False) or stage not in STAGE_ORDER:
+        return params
+    if sweep_best is None:  # a caller that does not load the file (e.g. the ablation runs): its own schedule
+        log.warning("%s: training.geometric_loss_from_sweep is true but this caller passes no sweep parameters: "
+                    "training.geometric_loss is used as configured", stage)
+        return params
+    if not sweep_best:
+        where = getattr(sweep_best, "path", None) or "the annealing_best_params file (conf catalog)"
+        raise FileNotFoundError(f"{stage}: training.geometric_loss_from_sweep is true but {where} does not exist: "
+                                "run `kedro run --pipelines=annealing_sweep` first (same --env), or set "
+                                "training.geometric_loss_from_sweep: false")
+    out = apply_schedule(params, sweep_best)
+    log.info("%s: geometric loss %s%s from the annealing sweep (study %s, trial %s)", stage, out["geometric_loss"],
+             f", lr {out['lr']}" if sweep_best.get("lr") is not None else "", sweep_best.get("study"),
+             sweep_best.get("trial"))
+    return out
+
+
 def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dict, deepspeed_config: dict,
-              params: dict, previous: dict | None = None) -> tuple[DimoModel, dict]:
-    """Train one stage end to end; returns the trained model and its summary (also logged to MLflow)."""
+              params: dict, previous: dict | None = None, sweep_best=None) -> tuple[DimoModel, dict]:
+    """Train one stage end to end; returns the trained model and its summary (also logged to MLflow).
+    `sweep_best`: the annealing sweep's best parameters, used when `params["geometric_loss_from_sweep"]`."""
+    params = effective_params(stage, params, sweep_best)
     stage_params = params["stages"][stage]
     train_pairs = pairs[(pairs["stage"] == stage) & (pairs["split"] == "train")]
     if train_pairs.empty:
@@ -140,7 +186,10 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
     summary = {"stage": stage, "steps": settings.steps, "resumed_at": stats["start_step"],
                "final_losses": stats["final_losses"], "samples_per_s": stats["samples_per_s"],
                "train_pairs": {k: int(v) for k, v in train_pairs["kind"].value_counts().items()},
-               "init": stage_params["init"], "previous": previous}
+               "init": stage_params["init"], "previous": previous, "lr": settings.lr,
+               "geometric_loss": model.geo_schedule.to_dict(),
+               "geometric_loss_from_sweep": ({"study": sweep_best.get("study"), "trial": sweep_best.get("trial")}
+                                             if params.get("geometric_loss_from_sweep") and sweep_best else None)}
     return model, summary
 
 
@@ -178,8 +227,12 @@ def stage_pipeline(stage: str, previous: str | None):
     def named(func, name):  # Kedro shows the function name in logs and `kedro viz`
         return update_wrapper(partial(func, stage), func)
 
-    inputs = ["training_pairs", "latent_cache", "latent_codec", "preprocess_manifest", "deepspeed_config",
-              "params:training"] + ([f"{previous}_registration"] if previous else [])
+    inputs = {"pairs": "training_pairs", "cache": "latent_cache", "codec": "latent_codec",
+              "manifest": "preprocess_manifest", "deepspeed_config": "deepspeed_config", "params": "params:training"}
+    if previous:
+        inputs["previous"] = f"{previous}_registration"
+    if stage in STAGE_ORDER:  # loaded always (Absent when missing), used only with geometric_loss_from_sweep
+        inputs["sweep_best"] = "annealing_best_params"
     return Pipeline([
         Node(named(run_stage, stage), inputs, [f"{stage}_model", f"{stage}_summary"], name=f"train_{stage}"),
         Node(named(register_stage, stage), [f"{stage}_model", "latent_codec", "preprocess_manifest",
