@@ -81,12 +81,10 @@ def project_copy(tmp_path: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="session")
-def smoke_chain(tmp_path_factory) -> Path:
-    """A project copy after `kedro run --env=smoke`: the whole default chain (synthesis to evaluate) at smoke
-    size, run once per session and shared by the training, evaluation and sweep tests."""
-    dst = tmp_path_factory.mktemp("chain") / "project"
-    dst.mkdir()
+def smoke_project(dst: Path) -> Path:
+    """A git-initialised copy of the project's code and configuration at `dst` (no data, no MLflow store), with
+    the metric weights the setup converted (LPIPS) linked in, as in the real project."""
+    dst.mkdir(parents=True)
     for item in ("pyproject.toml", "conf", "src"):
         src = PROJECT_ROOT / item
         if src.is_dir():
@@ -96,10 +94,18 @@ def smoke_chain(tmp_path_factory) -> Path:
     (dst / "conf" / "local").mkdir()
     (dst / "data" / "01_raw" / "videos").mkdir(parents=True)
     weights = PROJECT_ROOT / ".cache" / "weights"
-    if weights.is_dir():  # the metric networks' weights the setup converted (LPIPS), as in the real project
+    if weights.is_dir():
         (dst / ".cache").mkdir()
         (dst / ".cache" / "weights").symlink_to(weights)
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def smoke_chain(tmp_path_factory) -> Path:
+    """A project copy after `kedro run --env=smoke`: the whole default chain (synthesis to evaluate) at smoke
+    size, run once per session and shared by the training and evaluation tests."""
+    dst = smoke_project(tmp_path_factory.mktemp("chain") / "project")
     out = run_cli(["kedro", "run", "--env=smoke"], cwd=dst, timeout=1500)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return dst

@@ -5,7 +5,6 @@ that adds only the missing trials), plus fast checks of pruning, slot claiming a
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from dimo.models.schedules import AnnealSchedule
 from dimo.pipeline_registry import DEFAULT_CHAIN
 from dimo.pipelines.annealing_sweep import nodes as sweep_nodes
 from dimo.training import nodes as train_nodes
-from tests.conftest import PROJECT_ROOT, VENV_BIN, run_cli
+from tests.conftest import VENV_BIN, run_cli, smoke_project
 
 STORAGE = "data/06_models/optuna/annealing_sweep.db"
 UP_TO_BASE = ",".join(DEFAULT_CHAIN[: DEFAULT_CHAIN.index("pretrain_generator") + 1])
@@ -32,21 +31,7 @@ UP_TO_BASE = ",".join(DEFAULT_CHAIN[: DEFAULT_CHAIN.index("pretrain_generator") 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A smoke project copy with the chain run up to the registered base model (what a sweep starts from)."""
-    dst = tmp_path_factory.mktemp("sweep") / "project"
-    dst.mkdir()
-    for item in ("pyproject.toml", "conf", "src"):
-        src = PROJECT_ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "local"))
-        else:
-            shutil.copy(src, dst / item)
-    (dst / "conf" / "local").mkdir()
-    (dst / "data" / "01_raw" / "videos").mkdir(parents=True)
-    weights = PROJECT_ROOT / ".cache" / "weights"
-    if weights.is_dir():  # LPIPS weights (the objective); without them the sweep falls back to PSNR
-        (dst / ".cache").mkdir()
-        (dst / ".cache" / "weights").symlink_to(weights)
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    dst = smoke_project(tmp_path_factory.mktemp("sweep") / "project")  # LPIPS weights: the objective
     out = run_cli(["kedro", "run", "--env=smoke", f"--pipelines={UP_TO_BASE}"], cwd=dst, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     mlflow.set_tracking_uri(f"sqlite:///{dst / 'mlflow.db'}")
