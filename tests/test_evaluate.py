@@ -152,7 +152,7 @@ def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke
     sbs = video_io.read_video(report / "side_by_side" / videos[0].name)[0]
     assert sbs.shape[2] == 4 * target.shape[2]  # reference | driving | generated | target
     table = pd.read_csv(report / "benchmark_table.csv")
-    assert {"reconstruction", "cross_view", "codec reconstruction (upper bound)"} <= set(table["benchmark"])
+    assert {"reconstruction", "cross_view", "codec reconstruction (VAE only)"} <= set(table["benchmark"])
     md = (report / "benchmark_table.md").read_text()
     assert "models:/dimo@champion" in md and "unavailable: fid" in md  # no Inception weights in the copy
     generation = json.loads((smoke_chain / "data" / "07_model_output" / "evaluate" / "generation.json").read_text())

@@ -255,10 +255,10 @@ def set_metrics(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray],
                          max(1, cfg.batch_size // 4))}
 
 
-def codec_ceiling(pairs: pd.DataFrame, codec, metrics: Sequence[str] = PER_PAIR_METRICS,
+def codec_reference(pairs: pd.DataFrame, codec, metrics: Sequence[str] = PER_PAIR_METRICS,
                   weights: M.WeightsConfig | Mapping | None = None) -> dict[str, float]:
-    """The best a generator can score through its VAE: each distinct target encoded and decoded, then scored
-    like a generated video (at toy scale the fitted VAE, not the generator, bounds PSNR / SSIM)."""
+    """What perfect latents would score: each distinct target encoded and decoded by the VAE alone, then scored
+    like a generated video. A reference, not a bound: blur can beat a VAE's artefacts on PSNR."""
     import torch
 
     targets = pairs.drop_duplicates("target_clip_id")
