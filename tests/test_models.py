@@ -358,8 +358,10 @@ def test_every_variant_trains_one_step(variant):
     model = DimoModel(cfg).train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    out = model.training_losses(make_batch(cfg, hands=variant != "no_hand"), step=0,
-                                generator=torch.Generator().manual_seed(0))
+    batch = make_batch(cfg, hands=variant != "no_hand")
+    batch["pose_valid"] = torch.ones(1, T, 306)  # per entry, as the latent cache stores it (body + both hands)
+    batch["pose_valid"][..., 200:] = 0  # hands not seen
+    out = model.training_losses(batch, step=0, generator=torch.Generator().manual_seed(0))
     opt.zero_grad()
     out["loss"].backward()
     opt.step()

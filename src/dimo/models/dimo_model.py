@@ -171,7 +171,10 @@ class DimoModel(nn.Module):
         geo_weight = self.geo_schedule.weight(step) if self.geometric_decoder is not None else 0.0
         if self.geometric_decoder is not None and batch.get("pose_targets") is not None:
             theta = self.geometric_decoder(z)
-            geo_loss = masked_pose_loss(theta, batch["pose_targets"][..., : theta.shape[-1]], batch.get("pose_valid"))
+            valid = batch.get("pose_valid")  # per frame (B, T) or per entry (B, T, P), as the latent cache has it
+            if valid is not None and valid.ndim == 3:
+                valid = valid[..., : theta.shape[-1]]  # a body-only decoder (no hand encoder) drops the hand part
+            geo_loss = masked_pose_loss(theta, batch["pose_targets"][..., : theta.shape[-1]], valid)
         else:
             geo_loss = x0.new_zeros((), dtype=torch.float32)
 
