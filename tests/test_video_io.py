@@ -20,6 +20,16 @@ def test_same_frames_give_identical_bytes(tmp_path):
     assert a == b
 
 
+def test_lossless_videos_decode_bit_exact_and_reproducibly(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (9, 32, 48, 3), dtype=np.uint8)  # the hardest case
+    a = video_io.write_video(tmp_path / "a.mp4", noise, 16, lossless=True)
+    out, fps = video_io.read_video(a)
+    assert np.array_equal(out, noise) and fps == pytest.approx(16)
+    assert a.read_bytes() == video_io.write_video(tmp_path / "b.mp4", noise, 16, lossless=True).read_bytes()
+    lossy = video_io.read_video(video_io.write_video(tmp_path / "c.mp4", noise, 16))[0]
+    assert not np.array_equal(lossy, noise)  # the default H.264 is not: scored videos must be lossless
+
+
 @pytest.mark.parametrize("content,reason", [(b"", "cannot decode"), (b"not a video at all" * 20, "cannot decode")])
 def test_unreadable_files_name_the_file(tmp_path, content, reason):
     path = tmp_path / "bad.mp4"

@@ -25,16 +25,16 @@ class Video(NamedTuple):
 class VideoDataset(AbstractDataset[Video, Video]):
     """One video file: loads a `Video` (decoded RGB frames + fps), saves one as H.264 mp4 (atomically)."""
 
-    def __init__(self, filepath: str, crf: int = 18, metadata: dict[str, Any] | None = None):
+    def __init__(self, filepath: str, crf: int = 18, lossless: bool = False, metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
-        self._crf = crf
+        self._crf, self._lossless = crf, lossless
         self.metadata = metadata
 
     def load(self) -> Video:
         return Video(*video_io.read_video(self._filepath))
 
     def save(self, data: Video) -> None:
-        video_io.write_video(self._filepath, data.frames, data.fps, crf=self._crf)
+        video_io.write_video(self._filepath, data.frames, data.fps, crf=self._crf, lossless=self._lossless)
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

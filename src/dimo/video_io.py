@@ -41,8 +41,9 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
-    """Encode RGB uint8 (T, H, W, 3) as H.264 mp4, written atomically (temp file + rename)."""
+def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18, lossless: bool = False) -> Path:
+    """Encode RGB uint8 (T, H, W, 3) as H.264 mp4, written atomically (temp file + rename). `lossless`: RGB
+    H.264 at crf 0 (libx264rgb), decoded back bit-exact: for videos that are scored (benchmark outputs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
@@ -55,16 +56,18 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
     os.close(fd)
     try:
         with av.open(tmp, mode="w") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            codec, pix_fmt = ("libx264rgb", "rgb24") if lossless else ("libx264", "yuv420p")
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
             # Deterministic output: single thread, fixed options (same frames -> same bytes).
-            stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+            stream.options = {"crf": "0" if lossless else str(crf), "preset": "medium", "threads": "1"}
             stream.codec_context.thread_count = 1
             for frame in frames:
                 # Convert to YUV ourselves: PyAV's implicit conversion inside encode() is not reproducible
-                # from run to run, the explicit one is (same frames -> same bytes).
-                yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").to_ndarray(format="yuv420p")
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")))
+                # from run to run, the explicit one is (same frames -> same bytes). RGB needs none.
+                if not lossless:
+                    frame = av.VideoFrame.from_ndarray(frame, format="rgb24").to_ndarray(format="yuv420p")
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format=pix_fmt)))
             container.mux(stream.encode())
         os.replace(tmp, path)
     finally:
