@@ -14,7 +14,7 @@ from dimo import video_io
 from dimo.evaluation import benchmark
 
 
-def clips(tmp_path=None) -> pd.DataFrame:
+def clips() -> pd.DataFrame:
     rows = [("s0", "a", "single_view", "static", "test"), ("s1", "b", "single_view", "zoom_in", "train")]
     rows += [(f"m{v}", "mv", "multi_view", "static", "test") for v in range(3)]
     rows += [(f"c{v}", "mc", "moving_camera", m, "test") for v, m in enumerate(("arc_left_30", "zoom_in"))]

@@ -183,6 +183,15 @@ def generate(dimo: inference.Dimo, pairs: pd.DataFrame, options: inference.Optio
     return out
 
 
+def evaluate_model(model, codec, text_spec: Mapping, pairs: pd.DataFrame, options: inference.Options,
+                   metrics: Sequence[str] = PER_PAIR_METRICS, weights: M.WeightsConfig | Mapping | None = None,
+                   label_params: dict | None = None, progress: bool = True
+                   ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Generate and score every pair with an in-memory model (sweep trials, ablation variants): (scores, videos)."""
+    videos = generate(dimo_from_model(model, codec, text_spec), pairs, options, progress)
+    return score(pairs, videos, metrics, weights, label_params, progress=progress), videos
+
+
 def side_by_side(reference: np.ndarray, driving: np.ndarray, generated: np.ndarray,
                  target: np.ndarray) -> np.ndarray:
     """reference | driving | generated | target, each (T, H, W, 3) at the target's size (reference: one image)."""
@@ -291,7 +300,6 @@ def camera_signals(label: Mapping[str, np.ndarray], min_frames: int = 4) -> dict
     torso = np.linalg.norm(shoulders - hips, axis=-1)
     centre = (shoulders + hips) / 2
     R = lf.matrix_from_rot6d(np.asarray(label["root_orient"], np.float64))
-    R = np.asarray(R)
     rel = R[last[-1]] @ R[first[0]].T  # the body's turn in camera axes (x right, y down, z forward)
     return {"zoom": float(np.log(np.median(torso[last]) / max(np.median(torso[first]), 1e-6))),
             "shift_x": float((np.median(centre[last, 0]) - np.median(centre[first, 0])) / W),

@@ -69,10 +69,9 @@ def run_variant(name: str, pairs: pd.DataFrame, cache: dict, codec, manifest: di
         if stage not in spec["score_after"]:
             continue
         t0 = time.perf_counter()
-        dimo = benchmark.dimo_from_model(model, codec, manifest["text_encoder"])
-        videos = benchmark.generate(dimo, bench, options(evaluate))
-        scores = benchmark.score(bench, videos, evaluate["metrics"], evaluate["weights"],
-                                 label_params if ablation["pose"] else None)
+        scores, videos = benchmark.evaluate_model(model, codec, manifest["text_encoder"], bench, options(evaluate),
+                                                  evaluate["metrics"], evaluate["weights"],
+                                                  label_params if ablation["pose"] else None)
         set_level = benchmark.set_metrics(bench, videos, evaluate["weights"])
         row = {m: float(scores[m].mean()) for m in evaluate["metrics"]}
         row["lpips"] = row.get("lpips_alex", np.nan)
@@ -92,8 +91,7 @@ def run_variant(name: str, pairs: pd.DataFrame, cache: dict, codec, manifest: di
                                 "model_uri": f"models:/{registration['name']}/{registration['version']}"}
         log.info("ablation %s after %s: %s", name, stage, {k: round(v, 4) for k, v in row.items()
                                                            if isinstance(v, float)})
-    registry_note = f"models:/{params['registered_model_name']}@stage3"
-    out["registered"] = registry_note
+    out["registered"] = f"models:/{params['registered_model_name']}@stage3"
     return out
 
 

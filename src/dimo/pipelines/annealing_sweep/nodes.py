@@ -310,10 +310,8 @@ def make_evaluator(pairs: pd.DataFrame, codec, manifest: dict, evaluation: dict,
                                 max_frames=evaluation.get("max_frames"), progress=False)
 
     def evaluate(model) -> dict:
-        dimo = benchmark.dimo_from_model(model, codec, manifest["text_encoder"])
-        generated = benchmark.generate(dimo, pairs, options, progress=False)
-        scores = benchmark.score(pairs, generated, metrics=metrics, weights=evaluation.get("weights") or None,
-                                 progress=False)
+        scores, _ = benchmark.evaluate_model(model, codec, manifest["text_encoder"], pairs, options, metrics,
+                                             evaluation.get("weights") or None, progress=False)
         return {m: float(scores[m].mean()) for m in metrics}
 
     return evaluate

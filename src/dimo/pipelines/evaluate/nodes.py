@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from dimo import inference
+from dimo import inference, video_io
 from dimo.datasets import Video
 from dimo.evaluation import benchmark
 from dimo.evaluation.common import MetricUnavailable
@@ -51,7 +51,7 @@ def generate_benchmark(pairs: pd.DataFrame, registration: dict | None, params: d
     sbs = {}
     for r in pairs.itertuples():
         target = benchmark.read_target(r.target_path)
-        reference = inference.read_image(r.reference_path)
+        reference = target[0] if r.reference_path == r.target_path else inference.read_image(r.reference_path)
         driving = inference.read_video(r.driving_path)[0]
         sbs[r.pair_id] = benchmark.side_by_side(reference, driving, generated[r.pair_id], target)
     montage = _montage([sbs[p] for p in pairs["pair_id"][: params["montage_pairs"]]])
@@ -68,8 +68,6 @@ def _montage(videos: list[np.ndarray]) -> np.ndarray:
     """Side-by-side videos stacked vertically (resized to the first one's width, cut to the shortest)."""
     T = min(len(v) for v in videos)
     W = videos[0].shape[2]
-    from dimo import video_io
-
     rows = [video_io.resize_frames(v[:T], round(v.shape[1] * W / v.shape[2] / 2) * 2, W) for v in videos]
     return np.concatenate(rows, axis=1)
 
