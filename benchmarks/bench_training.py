@@ -211,7 +211,7 @@ def worker(spec: dict) -> dict:
     # (dimo.training.loop imports deepspeed's checkpoint engine through dimo.training.checkpoints)
     from dimo.training import loop
     from dimo.training.loop import StageSettings
-    from dimo.training.nodes import global_step_offset
+    from dimo.training.stages import global_step_offset
 
     mem["rss_after_dimo_training_import_mb"] = rss_mb()
     mode, params = spec["mode"], spec["params"]

@@ -108,7 +108,7 @@ def test_animate_follows_the_driving_video_rate_and_the_reference_size(store):
 def test_a_pose_driven_model_takes_the_pose_of_a_pseudo_label(store):
     """The "w/ SMPL ctrl." ablation variant is driven by the label's body pose, not by pixels."""
     from dimo.models import DimoModel, LatentCodec, configs
-    from dimo.pipelines.preprocess.nodes import text_encoder
+    from dimo.models.text_encoder import from_spec
 
     root = store["root"]
     torch.manual_seed(0)
@@ -117,8 +117,8 @@ def test_a_pose_driven_model_takes_the_pose_of_a_pseudo_label(store):
         for name, param in model.generator.named_parameters():
             if "motion" in name:
                 param.normal_(0, 0.05)
-    dimo = inference.Dimo(model, LatentCodec.tiny(), text_encoder(
-        {"text_encoder": {"kind": "minilm", "path": None, "max_length": 16}}), "cpu", source="smpl")
+    dimo = inference.Dimo(model, LatentCodec.tiny(), from_spec(
+        {"kind": "minilm", "path": None, "max_length": 16}), "cpu", source="smpl")
     with pytest.raises(inference.InferenceError, match="smpl: this model .smpl_control. is driven by body pose"):
         dimo.animate(root / "ref.png", root / "drive16.mp4", options=OPTS)
     theta = np.zeros((11, 21, 6), np.float32)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from dimo.models.schedules import AnnealSchedule
 from dimo.training import mixtures
-from dimo.training.nodes import global_step_offset
+from dimo.training.stages import global_step_offset
 from tests.conftest import PROJECT_ROOT, VENV_BIN, run_cli
 
 BASE = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")

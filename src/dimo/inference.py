@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from dimo import camera_vocabulary, video_io
+from dimo.labelling import label_format
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ class Options:
     driving_size: int | None = None  # side of the square-equivalent driving frames (default: body encoder input)
     negative_prompt: str | None = None
     progress: bool = True
+
+    @classmethod
+    def from_sampling(cls, sampling: dict, **kwargs) -> Options:
+        """Options from a `sampling` parameter block ({num_steps, guidance_text, guidance_motion, seed})."""
+        return cls(num_steps=int(sampling["num_steps"]), guidance_text=float(sampling["guidance_text"]),
+                   guidance_motion=float(sampling["guidance_motion"]), seed=int(sampling["seed"]), **kwargs)
 
     def resolve(self, model) -> Options:
         real = model.config.text_encoder == "umt5" or model.config.name.startswith("wan")
@@ -176,8 +183,6 @@ def load_keypoints(path: str | Path, num_frames: int, height: int, width: int
     Accepts a pseudo-label .npz of the project (docs/labels.md: keypoints2d_hand, hand_valid, keypoints2d_body,
     valid, height, width), handled exactly as preprocess does; or an .npz with `hand_keypoints` (and optionally
     `wrist_keypoints`); or an .npy of hand keypoints. One row per frame of the driving video."""
-    from dimo.pipelines.preprocess.nodes import MEDIAPIPE_WRISTS
-
     path = Path(path)
     try:
         data = np.load(path, allow_pickle=False)
@@ -194,7 +199,7 @@ def load_keypoints(path: str | Path, num_frames: int, height: int, width: int
             raise InferenceError(f"{path}: pseudo label without {', '.join(missing)}")
         hands = arrays["keypoints2d_hand"].astype(np.float32).copy()
         hands[..., 2] *= arrays["hand_valid"][..., None]
-        wrists = arrays["keypoints2d_body"][:, list(MEDIAPIPE_WRISTS)].astype(np.float32).copy()
+        wrists = arrays["keypoints2d_body"][:, list(label_format.MEDIAPIPE_WRISTS)].astype(np.float32).copy()
         wrists[..., 2] *= arrays["valid"][:, None]
         lh, lw = int(arrays.get("height", 0)), int(arrays.get("width", 0))
         if lh and lw and (lh, lw) != (height, width):  # label made at another size: scale to the video's pixels
@@ -496,7 +501,7 @@ def load(model: str = DEFAULT_MODEL, device: str | None = "auto", tracking_uri: 
     folder = model_folder(model, tracking_uri)
 
     from dimo.models import DimoModel, LatentCodec
-    from dimo.pipelines.preprocess.nodes import text_encoder
+    from dimo.models.text_encoder import from_spec
 
     spec = json.loads((folder / "text_encoder.json").read_text())
     if text_encoder_path:
@@ -504,7 +509,7 @@ def load(model: str = DEFAULT_MODEL, device: str | None = "auto", tracking_uri: 
     dimo = DimoModel.from_pretrained(str(folder / "dimo"))
     codec = LatentCodec.from_pretrained(str(folder / "codec"), subfolder="vae")
     try:
-        texts = text_encoder({"text_encoder": spec})
+        texts = from_spec(spec)
     except OSError as err:
         raise InferenceError(f"{folder / 'text_encoder.json'}: cannot load the text encoder {spec} "
                              f"({_one_line(err)}); pass its folder with text_encoder_path") from None

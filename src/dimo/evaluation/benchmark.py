@@ -162,9 +162,9 @@ def external_pairs(manifest: pd.DataFrame | None, manifest_path: str | Path) -> 
 # ------------------------------------------------------------------ generation
 def dimo_from_model(model, codec, text_spec: Mapping, device: str = "cpu") -> inference.Dimo:
     """An inference `Dimo` around an in-memory model (sweeps, ablations) with the text encoder it was trained with."""
-    from dimo.pipelines.preprocess.nodes import text_encoder
+    from dimo.models.text_encoder import from_spec
 
-    return inference.Dimo(model, codec, text_encoder({"text_encoder": dict(text_spec)}), device, source="in-memory")
+    return inference.Dimo(model, codec, from_spec(dict(text_spec)), device, source="in-memory")
 
 
 def generate(dimo: inference.Dimo, pairs: pd.DataFrame, options: inference.Options | None = None,

@@ -22,21 +22,6 @@ from dimo.labelling import label_format as lf
 from dimo.synthesis.body import load_model as load_anny  # one cached Anny for synthesis and labelling
 
 
-def _level_order(parents: list[int], root: int) -> list[list[int]]:
-    """Bones of the subtree under `root` (excluded), grouped by depth (parents before children)."""
-    children: dict[int, list[int]] = {}
-    for c, p in enumerate(parents):
-        if p >= 0:
-            children.setdefault(p, []).append(c)
-    levels, frontier = [], [root]
-    while True:
-        nxt = [c for p in frontier for c in children.get(p, [])]
-        if not nxt:
-            return levels
-        levels.append(nxt)
-        frontier = nxt
-
-
 class AnnyBackend:
     """Anny's skeleton with its own batched forward kinematics (Anny's generic FK is ~1 s per fwd+bwd of 33
     frames on this CPU; this specialised one with torch.matmul per depth level is ~100x faster). Keypoints

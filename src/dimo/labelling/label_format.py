@@ -53,6 +53,8 @@ MEDIAPIPE_POSE = (
     "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
     "left_heel", "right_heel", "left_foot_index", "right_foot_index",
 )
+# pose landmark indices of the wrists (left, right), ordered like HANDS: the hand-crop fallback's centres
+MEDIAPIPE_WRISTS = (MEDIAPIPE_POSE.index("left_wrist"), MEDIAPIPE_POSE.index("right_wrist"))
 MEDIAPIPE_HAND = (
     "wrist", "thumb_cmc", "thumb_mcp", "thumb_ip", "thumb_tip", "index_mcp", "index_pip", "index_dip",
     "index_tip", "middle_mcp", "middle_pip", "middle_dip", "middle_tip", "ring_mcp", "ring_pip", "ring_dip",
@@ -114,13 +116,6 @@ def matrix_from_rot6d(r6: torch.Tensor | np.ndarray):
     z = torch.linalg.cross(x, y, dim=-1)
     R = torch.stack([x, y, z], -1)
     return R.numpy().astype(np.float32) if is_np else R
-
-
-def rot6d_from_axis_angle(aa):
-    import roma
-
-    t = torch.as_tensor(aa)
-    return rot6d_from_matrix(roma.rotvec_to_rotmat(t))
 
 
 def axis_angle_from_rot6d(r6):

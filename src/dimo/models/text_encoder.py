@@ -65,6 +65,16 @@ class FrozenTextEncoder(nn.Module):
         return hidden * mask[..., None].to(hidden.dtype), mask.bool()
 
 
+def from_spec(spec: dict) -> FrozenTextEncoder:
+    """The frozen text encoder a spec names (`preprocess.text_encoder`, saved with every registered model as
+    text_encoder.json): {"kind": "minilm" | "umt5", "path": Wan folder for umt5, "max_length": tokens}."""
+    if spec["kind"] == "minilm":
+        return FrozenTextEncoder.minilm(max_length=spec["max_length"])
+    if spec["kind"] == "umt5":
+        return FrozenTextEncoder.umt5(spec["path"], max_length=spec["max_length"])
+    raise ValueError(f"text_encoder.kind must be minilm or umt5, got {spec['kind']!r}")
+
+
 class TextProjection(ModelMixin, ConfigMixin):
     """Trainable map from the text encoder's width to the DiT's text_dim (identity when equal, e.g. UMT5 -> Wan).
     Padded positions are re-zeroed after the projection to keep Wan's zero-padding convention."""

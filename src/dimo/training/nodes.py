@@ -27,17 +27,9 @@ from dimo.training import registry
 from dimo.training.batches import PairBatches
 from dimo.training.loop import StageSettings, train_stage
 from dimo.training.samples import sample_grid
+from dimo.training.stages import PAPER_STAGES, global_step_offset
 
 log = logging.getLogger(__name__)
-
-STAGE_ORDER = ("stage1", "stage2", "stage3")  # the geometric-loss anneal runs over their global steps
-
-
-def global_step_offset(stage: str, stages: dict) -> int:
-    if stage not in STAGE_ORDER:
-        return 0
-    return sum(stages[s]["steps"] for s in STAGE_ORDER[: STAGE_ORDER.index(stage)])
-
 
 def build_model(stage: str, params: dict, manifest: dict) -> DimoModel:
     """The stage's starting weights: a fresh toy model, a registered alias, or a stock Wan2.1 folder."""
@@ -116,7 +108,7 @@ def apply_schedule(params: dict, best: dict) -> dict:
     out["geometric_loss"] = {**out["geometric_loss"], **{k: geo[k] for k in SWEPT_SCHEDULE_KEYS if k in geo}}
     if best.get("lr") is not None:
         out["lr"] = float(best["lr"])
-        for stage in STAGE_ORDER:
+        for stage in PAPER_STAGES:
             out["stages"][stage].pop("lr", None)
     return out
 
@@ -125,7 +117,7 @@ def effective_params(stage: str, params: dict, sweep_best) -> dict:
     """`params`, or with `geometric_loss_from_sweep: true` the sweep's best schedule applied (stage1..3 only:
     pretraining has no geometric loss). `sweep_best` is the `annealing_best_params` dataset: a dict, or a falsy
     `dimo.datasets.Absent` naming the file when it does not exist (an error: the flag asks for it)."""
-    if not params.get("geometric_loss_from_sweep", False) or stage not in STAGE_ORDER:
+    if not params.get("geometric_loss_from_sweep", False) or stage not in PAPER_STAGES:
         return params
     if sweep_best is None:  # a caller that does not load the file (e.g. the ablation runs): its own schedule
         log.warning("%s: training.geometric_loss_from_sweep is true but this caller passes no sweep parameters: "
@@ -231,7 +223,7 @@ def stage_pipeline(stage: str, previous: str | None):
               "manifest": "preprocess_manifest", "deepspeed_config": "deepspeed_config", "params": "params:training"}
     if previous:
         inputs["previous"] = f"{previous}_registration"
-    if stage in STAGE_ORDER:  # loaded always (Absent when missing), used only with geometric_loss_from_sweep
+    if stage in PAPER_STAGES:  # loaded always (Absent when missing), used only with geometric_loss_from_sweep
         inputs["sweep_best"] = "annealing_best_params"
     return Pipeline([
         Node(named(run_stage, stage), inputs, [f"{stage}_model", f"{stage}_summary"], name=f"train_{stage}"),

@@ -34,10 +34,10 @@ class DimoPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would try to validate dicts
         """model_input: {"reference_image": (1,3,H,W) [-1,1], "driving_frames": (1,T,3,h,w) [-1,1],
         "prompt": str, optional "hand_keypoints"}; returns the generated video (1,3,T,H,W) in [-1, 1]."""
-        from dimo.pipelines.preprocess.nodes import text_encoder
+        from dimo.models.text_encoder import from_spec
 
         params = params or {}
-        emb, mask = text_encoder({"text_encoder": self.text_spec}).encode([model_input["prompt"]])
+        emb, mask = from_spec(self.text_spec).encode([model_input["prompt"]])
         return self.model.generate(self.codec, model_input["reference_image"], model_input["driving_frames"], emb,
                                    mask, hand_keypoints=model_input.get("hand_keypoints"),
                                    num_steps=int(params.get("num_steps", 20)),
@@ -92,7 +92,7 @@ def load_model(uri: str):
     if uri.startswith("models:/"):
         return DimoModel.from_pretrained(str(download(uri) / "dimo"))
     if uri.startswith("wan:"):
-        raise ValueError("wan:<folder> needs a model config: use load_base_model")
+        raise ValueError("wan:<folder> needs a model config: use DimoModel.from_stock_pretrained(config, folder)")
     if not Path(uri).is_dir():
         raise FileNotFoundError(f"{uri}: not a registered model URI (models:/name@alias) nor a model folder")
     return DimoModel.from_pretrained(uri)

@@ -14,8 +14,9 @@ import pandas as pd
 
 from dimo.evaluation import benchmark
 from dimo.evaluation.common import MetricUnavailable
-from dimo.pipelines.evaluate.nodes import options
-from dimo.training.nodes import STAGE_ORDER, register_stage, run_stage
+from dimo.inference import Options
+from dimo.training.nodes import register_stage, run_stage
+from dimo.training.stages import PAPER_STAGES as STAGE_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def run_variant(name: str, pairs: pd.DataFrame, cache: dict, codec, manifest: di
         if stage not in spec["score_after"]:
             continue
         t0 = time.perf_counter()
-        scores, videos = benchmark.evaluate_model(model, codec, manifest["text_encoder"], bench, options(evaluate),
+        scores, videos = benchmark.evaluate_model(model, codec, manifest["text_encoder"], bench, Options.from_sampling(evaluate["sampling"], progress=False),
                                                   evaluate["metrics"], evaluate["weights"],
                                                   label_params if ablation["pose"] else None)
         set_level = benchmark.set_metrics(bench, videos, evaluate["weights"])

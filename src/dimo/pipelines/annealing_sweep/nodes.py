@@ -169,7 +169,7 @@ def baseline_schedule(training: dict, space: dict) -> dict:
 
 def proxy_end_step(end_step: int, training: dict, budget: dict, scale: bool) -> int:
     """The anneal end inside the proxy: the same fraction of its steps as `end_step` is of the full training's."""
-    from dimo.training.nodes import STAGE_ORDER  # lazily: a worker that only claims trials starts faster
+    from dimo.training.stages import PAPER_STAGES as STAGE_ORDER  # lazily: a worker that only claims trials starts faster
 
     if not scale:
         return int(end_step)
@@ -181,7 +181,8 @@ def proxy_end_step(end_step: int, training: dict, budget: dict, scale: bool) -> 
 def proxy_training_params(training: dict, schedule: dict, sweep: dict, trial_dir: Path, stage1_init: str) -> dict:
     """Training parameters of a trial's proxy: the trial's schedule, the sweep's step budget, stage N+1 starting
     from stage N's weights in the trial folder, checkpoints in the trial folder, no sample grids."""
-    from dimo.training.nodes import STAGE_ORDER, apply_schedule
+    from dimo.training.nodes import apply_schedule
+    from dimo.training.stages import PAPER_STAGES as STAGE_ORDER
 
     budget = sweep["budget"]
     end_step = proxy_end_step(schedule["end_step"], training, budget, sweep["scale_end_step"])
@@ -200,7 +201,7 @@ def run_trial(trial: optuna.Trial, space: dict, metric: str, train: Callable[[st
     """Suggest a schedule, then per proxy stage: train(stage, schedule) -> model, evaluate(model) -> {metric:
     mean}, report it at step = stage number (1, 2, 3) and prune when the MedianPruner says so. Returns the value
     after the last stage. A non-finite value (a diverged trial) is pruned."""
-    from dimo.training.nodes import STAGE_ORDER
+    from dimo.training.stages import PAPER_STAGES as STAGE_ORDER
 
     schedule = suggest_schedule(trial, space)
     value = math.nan
@@ -335,7 +336,8 @@ def run_annealing_sweep(clips: pd.DataFrame, pairs: pd.DataFrame, cache: dict, c
                         deepspeed_config: dict, training: dict, sweep: dict) -> dict:
     """Run this worker's share of the study: trials until the study holds `n_trials` finished ones.
     Returns what the export nodes need to find the study."""
-    from dimo.training.nodes import STAGE_ORDER, run_stage
+    from dimo.training.nodes import run_stage
+    from dimo.training.stages import PAPER_STAGES as STAGE_ORDER
 
     val_pairs = evaluation_pairs(clips, sweep["evaluation"])
     metric, direction = choose_objective(val_pairs, sweep)

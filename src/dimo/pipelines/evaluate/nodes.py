@@ -20,12 +20,6 @@ from dimo.evaluation.common import MetricUnavailable
 log = logging.getLogger(__name__)
 
 
-def options(params: dict) -> inference.Options:
-    s = params["sampling"]
-    return inference.Options(num_steps=int(s["num_steps"]), guidance_text=float(s["guidance_text"]),
-                             guidance_motion=float(s["guidance_motion"]), seed=int(s["seed"]), progress=False)
-
-
 def select_benchmark(clips: pd.DataFrame, manifest: pd.DataFrame | None, params: dict) -> pd.DataFrame:
     """Pairs of the configured split (reconstruction and cross-view), plus the rows of the external manifest."""
     pairs = benchmark.benchmark_pairs(clips, params["split"], params["kinds"], params.get("max_pairs"))
@@ -43,7 +37,7 @@ def generate_benchmark(pairs: pd.DataFrame, registration: dict | None, params: d
     """Generate every pair with the registered model: videos, side-by-side videos, a montage, timing."""
     model_uri = params["model"]
     dimo = inference.load(model_uri, device=params.get("device", "cpu"))
-    opts = options(params)
+    opts = inference.Options.from_sampling(params["sampling"], progress=False)
     t0 = time.perf_counter()
     generated = benchmark.generate(dimo, pairs, opts)
     seconds = time.perf_counter() - t0

@@ -16,13 +16,10 @@ from tqdm.auto import tqdm
 
 from dimo import video_io
 from dimo.labelling import label_format
-from dimo.models import FrozenTextEncoder, LatentCodec
+from dimo.models import FrozenTextEncoder, LatentCodec, text_encoder
 from dimo.training import mixtures
 
 log = logging.getLogger(__name__)
-
-# mediapipe pose landmark indices of the wrists (left, right), for the hand-crop fallback
-MEDIAPIPE_WRISTS = (15, 16)
 
 
 def _video_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -71,15 +68,6 @@ def prepare_codec(clips: pd.DataFrame, params: dict) -> tuple[LatentCodec, dict]
     return codec, {"codec_recon_psnr_db": {"value": psnr, "step": cfg["toy_steps"]}}
 
 
-def text_encoder(params: dict) -> FrozenTextEncoder:
-    cfg = params["text_encoder"]
-    if cfg["kind"] == "minilm":
-        return FrozenTextEncoder.minilm(max_length=cfg["max_length"])
-    if cfg["kind"] == "umt5":
-        return FrozenTextEncoder.umt5(cfg["path"], max_length=cfg["max_length"])
-    raise ValueError(f"preprocess.text_encoder.kind must be minilm or umt5, got {cfg['kind']!r}")
-
-
 def clip_entry(row, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: int) -> dict:
     """The cache entry of one clip (all tensors; see docs/architecture.md, 'Latent cache')."""
     frames, _ = video_io.read_video(row.path)
@@ -90,7 +78,7 @@ def clip_entry(row, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: 
     pose, pose_valid = label_format.pose_targets(label)
     hands = label["keypoints2d_hand"].copy()
     hands[..., 2] *= label["hand_valid"][..., None]  # undetected / cut-off hands: confidence 0 -> crop fallback
-    wrists = label["keypoints2d_body"][:, MEDIAPIPE_WRISTS].copy()
+    wrists = label["keypoints2d_body"][:, list(label_format.MEDIAPIPE_WRISTS)].copy()
     wrists[..., 2] *= label["valid"][:, None]
     # Driving frames at the motion encoder's input size, so the cache stays small at every scale.
     h, w = video_io.target_size(frames.shape[1], frames.shape[2], driving_size**2, 8)
@@ -111,7 +99,7 @@ def clip_entry(row, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: 
 def encode_clips(clips: pd.DataFrame, codec: LatentCodec, params: dict) -> tuple[dict[str, Callable], dict]:
     """Lazy cache entries (one clip encoded at a time while the catalog saves them) and a manifest."""
     codec.eval()
-    texts = text_encoder(params)
+    texts = text_encoder.from_spec(params["text_encoder"])
 
     def entry(row) -> Callable[[], dict]:
         return lambda: clip_entry(row, codec, texts, params["driving_size"])

@@ -1,0 +1,72 @@
+"""The training stage chain, defined once: names, order, predecessors, and the runner every experiment uses.
+
+Everything that needs the stages reads them from here: the Kedro pipeline registry (one pipeline per stage),
+the DeepSpeed launcher, the geometric loss's global steps, the ablation, the annealing sweep and `dvc.yaml`
+(checked against `STAGES` by tests/test_project.py). What a stage trains on (its data mix), how long and from
+which weights are parameters (`training.stages.<key>`), not code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Stage:
+    key: str              # training.stages.<key>; catalog datasets <key>_model, <key>_summary, <key>_registration
+    pipeline: str         # the Kedro pipeline and DVC stage that train it
+    previous: str | None  # the stage whose registration it waits for (its `init` usually names that model)
+    paper: bool           # one of the paper's three stages: counts in the geometric anneal, reads the sweep
+
+
+STAGES = (
+    Stage("pretrain", "pretrain_generator", None, paper=False),  # toy scale only: no pretrained video DiT here
+    Stage("stage1", "train_stage1", "pretrain", paper=True),     # same-view reconstruction
+    Stage("stage2", "train_stage2", "stage1", paper=True),       # reconstruction + cross-view reproduction
+    Stage("stage3", "train_stage3", "stage2", paper=True),       # view-rich data only
+)
+PAPER_STAGES = tuple(s.key for s in STAGES if s.paper)  # ("stage1", "stage2", "stage3")
+
+
+def get(key: str) -> Stage:
+    for s in STAGES:
+        if s.key == key:
+            return s
+    raise KeyError(f"unknown training stage {key!r}; stages: {[s.key for s in STAGES]}")
+
+
+def global_step_offset(key: str, stages: dict) -> int:
+    """Steps of the paper stages before `key` (0 for pretraining): the geometric anneal runs over global steps."""
+    if key not in PAPER_STAGES:
+        return 0
+    return sum(int(stages[s]["steps"]) for s in PAPER_STAGES[: PAPER_STAGES.index(key)])
+
+
+@dataclass
+class StageResult:
+    stage: str
+    model: object        # the trained DimoModel
+    summary: dict
+    registration: dict | None
+
+
+def run_chain(stages: Sequence[str], pairs: pd.DataFrame, cache: dict, codec, manifest: dict,
+              deepspeed_config: dict, params: dict, *, register: bool = True, save_dir=None,
+              sweep_best=None) -> Iterator[StageResult]:
+    """Train `stages` in order, each from its `init` (params), yielding after each one so the caller can score,
+    prune or stop. `register`: register each stage's weights with its aliases. `save_dir`: also save each stage's
+    weights to `<save_dir>/<stage>` (a later stage's `init` may point there). The ablation, the sweep and the
+    launcher all train through this, so "stage 1 -> 2 -> 3" is written once."""
+    from dimo.training.nodes import register_stage, run_stage
+
+    for key in stages:
+        get(key)  # unknown names fail before any training
+    for key in stages:
+        model, summary = run_stage(key, pairs, cache, codec, manifest, deepspeed_config, params, sweep_best=sweep_best)
+        if save_dir is not None:
+            model.save_pretrained(f"{save_dir}/{key}")
+        registration = register_stage(key, model, codec, manifest, summary, params) if register else None
+        yield StageResult(key, model, summary, registration)
