@@ -132,7 +132,7 @@ def build_model(spec: dict, manifest: dict):
     import torch
 
     from dimo.models import DimoModel, configs
-    from dimo.training.nodes import configure_for_stage
+    from dimo.training.model_init import configure_for_stage
 
     params = spec["params"]
     cfg = configs.get(spec["config"], variant=params["model"]["variant"],

@@ -243,7 +243,9 @@ def test_best_params_apply_only_with_the_flag_and_a_missing_file_names_its_path(
     off = {**training_params(), "geometric_loss_from_sweep": False}
     assert train_nodes.effective_params("stage2", off, Absent(path)) is off  # the file is ignored
     on = training_params()
-    assert train_nodes.effective_params("stage2", on, None) is on  # a caller without the dataset (ablations)
+    assert train_nodes.effective_params("stage2", on) is on  # a caller without the dataset (ablations)
+    with pytest.raises(FileNotFoundError, match="the annealing_best_params file"):  # loaded as None: missing
+        train_nodes.effective_params("stage2", on, None)
     pairs = pd.DataFrame({"a": [1]})
     assert train_nodes.fingerprint("stage2", params, pairs) != train_nodes.fingerprint("stage2", off, pairs)
 

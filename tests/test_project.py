@@ -75,3 +75,127 @@ def test_dvc_repro_reruns_only_what_changed(project_copy, write_clip):
     params.write_text(params.read_text().replace("min_frames: 5", "min_frames: 9"))
     third = run_cli(["dvc", "repro", "validate"], cwd=project_copy, env=env)
     assert "Running stage 'validate'" in third.stdout and "Running stage 'ingest'" not in third.stdout
+
+
+# ------------------------------------------------------------------ dvc.yaml and the pipelines follow STAGES
+
+TRAINING_PARAMS = "conf/base/parameters_training.yml"
+
+
+def _training_param_keys(dvc_stage: dict) -> set[str]:
+    return {key for entry in dvc_stage.get("params", []) if isinstance(entry, dict)
+            for key in entry.get(TRAINING_PARAMS, [])}
+
+
+def _paths(entries: list) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+def dvc_stage_chain_problems(dvc: dict, stages, models_dir: str, default_chain) -> list[str]:
+    """How dvc.yaml's training stages differ from `stages` (dimo.training.stages.STAGES): names and order, the
+    predecessor's registration as the only stage dependency, each stage's own parameters and outputs, the pair
+    parameters preprocess reads, evaluate after the last stage, and a DVC stage for every default-chain pipeline."""
+    problems = []
+    dvc_stages = dvc["stages"]
+    by_pipeline = {s.pipeline: s for s in stages}
+    found = [name for name in dvc_stages if name in by_pipeline]
+    if found != [s.pipeline for s in stages]:
+        problems.append(f"training stages in dvc.yaml are {found}, STAGES says {[s.pipeline for s in stages]}")
+    keys = [s.key for s in stages]
+    for name in found:
+        stage, spec = by_pipeline[name], dvc_stages[name]
+        if spec["cmd"] != f"kedro run --pipelines={stage.pipeline}":
+            problems.append(f"{name}: cmd {spec['cmd']!r} does not run its pipeline")
+        waits_for = [d for d in spec.get("deps", []) if d.endswith("_registration.json")]
+        expected = [f"{models_dir}/{stage.previous}_registration.json"] if stage.previous else []
+        if waits_for != expected:
+            problems.append(f"{name}: depends on registrations {waits_for}, its predecessor gives {expected}")
+        params = _training_param_keys(spec)
+        own = {p.removeprefix("training.stages.") for p in params if p.startswith("training.stages.")}
+        if own != {stage.key}:
+            problems.append(f"{name}: reads training.stages.{sorted(own)}, expected only training.stages.{stage.key}")
+        if ("training.geometric_loss_from_sweep" in params) != stage.paper:
+            problems.append(f"{name}: training.geometric_loss_from_sweep is a parameter iff it is a paper stage")
+        outs = _paths(spec.get("outs", []))
+        for out in (f"{models_dir}/{stage.key}", f"{models_dir}/{stage.key}_registration.json"):
+            if out not in outs:
+                problems.append(f"{name}: {out} is not an out")
+    pair_params = {p.split(".")[2] for p in _training_param_keys(dvc_stages["preprocess"])
+                   if p.startswith("training.stages.")}
+    if pair_params != set(keys):
+        problems.append(f"preprocess reads the pair parameters of {sorted(pair_params)}, STAGES has {sorted(keys)}")
+    last = f"{models_dir}/{stages[-1].key}_registration.json"
+    if last not in dvc_stages["evaluate"]["deps"]:
+        problems.append(f"evaluate does not depend on {last}, the last stage's registration")
+    for name in default_chain:
+        if dvc_stages.get(name, {}).get("cmd") != f"kedro run --pipelines={name}":
+            problems.append(f"default-chain pipeline {name} has no DVC stage running it")
+    return problems
+
+
+def _project_dvc() -> tuple[dict, str]:
+    import yaml
+
+    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    models_dir = yaml.safe_load((PROJECT_ROOT / "conf/base/globals.yml").read_text())["paths"]["models"]
+    return dvc, models_dir
+
+
+def test_dvc_yaml_follows_the_stage_chain():
+    from dimo.pipeline_registry import DEFAULT_CHAIN
+    from dimo.training.stages import STAGES
+
+    dvc, models_dir = _project_dvc()
+    assert dvc_stage_chain_problems(dvc, STAGES, models_dir, DEFAULT_CHAIN) == []
+
+
+def test_the_dvc_check_bites():
+    import copy
+
+    from dimo.pipeline_registry import DEFAULT_CHAIN
+    from dimo.training.stages import STAGES
+
+    dvc, models_dir = _project_dvc()
+    swapped = copy.deepcopy(dvc)  # train_stage2 before train_stage1
+    names = list(swapped["stages"])
+    i, j = names.index("train_stage1"), names.index("train_stage2")
+    names[i], names[j] = names[j], names[i]
+    swapped["stages"] = {n: swapped["stages"][n] for n in names}
+    assert any("training stages in dvc.yaml are" in p
+               for p in dvc_stage_chain_problems(swapped, STAGES, models_dir, DEFAULT_CHAIN))
+
+    renamed = copy.deepcopy(dvc)  # a stage renamed in dvc.yaml only
+    renamed["stages"] = {("train_stage_two" if n == "train_stage2" else n): s for n, s in renamed["stages"].items()}
+    problems = dvc_stage_chain_problems(renamed, STAGES, models_dir, DEFAULT_CHAIN)
+    assert any("default-chain pipeline train_stage2 has no DVC stage" in p for p in problems)
+
+    rewired = copy.deepcopy(dvc)  # stage3 waiting for stage1 instead of stage2
+    deps = rewired["stages"]["train_stage3"]["deps"]
+    deps[deps.index(f"{models_dir}/stage2_registration.json")] = f"{models_dir}/stage1_registration.json"
+    assert any(p.startswith("train_stage3: depends on registrations")
+               for p in dvc_stage_chain_problems(rewired, STAGES, models_dir, DEFAULT_CHAIN))
+
+
+def test_registered_training_pipelines_follow_the_stage_chain():
+    from dimo.pipeline_registry import DEFAULT_CHAIN, register_pipelines
+    from dimo.training.stages import STAGES
+
+    pipelines = register_pipelines()
+    train_pipelines = [name for name in DEFAULT_CHAIN if name in {s.pipeline for s in STAGES}]
+    assert train_pipelines == [s.pipeline for s in STAGES]  # the default chain trains them in STAGES order
+    default_nodes = [n.name for n in pipelines["__default__"].nodes]
+    for stage in STAGES:
+        nodes = {n.name: n for n in pipelines[stage.pipeline].nodes}
+        assert set(nodes) == {f"train_{stage.key}", f"register_{stage.key}"}
+        train = nodes[f"train_{stage.key}"]
+        assert set(train.outputs) == {f"{stage.key}_model", f"{stage.key}_summary"}
+        assert set(train.inputs) == {"training_pairs", "latent_cache", "latent_codec", "preprocess_manifest",
+                                     "deepspeed_config", "params:training"} \
+            | ({f"{stage.previous}_registration"} if stage.previous else set()) \
+            | ({"annealing_best_params"} if stage.paper else set())
+        assert nodes[f"register_{stage.key}"].outputs == [f"{stage.key}_registration"]
+        if stage.previous:  # Kedro orders the default run by these datasets
+            assert default_nodes.index(f"train_{stage.key}") > default_nodes.index(f"register_{stage.previous}")
+    folders = {p.name for p in (PROJECT_ROOT / "src/dimo/pipelines").iterdir()
+               if (p / "pipeline.py").is_file() and p.name != "training"}
+    assert folders <= set(pipelines), f"pipeline folders not registered: {sorted(folders - set(pipelines))}"

@@ -156,7 +156,7 @@ def test_two_ranks_under_the_deepspeed_launcher(trained):
 
 def test_a_missing_previous_stage_or_a_config_mismatch_fails_clearly(trained, tmp_path):
     from dimo.training import registry
-    from dimo.training.nodes import build_model
+    from dimo.training.model_init import build_model
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'empty.db'}")
     try:

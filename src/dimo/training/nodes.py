@@ -1,4 +1,6 @@
-"""Kedro nodes shared by pretrain_generator and train_stage1..3: train one stage, register its weights.
+"""Train one stage, register its weights: the functions the training pipelines' nodes call
+(`dimo.pipelines.training`), and the ablation, the annealing sweep and the DeepSpeed launcher through
+`stages.run_chain`. Where a stage's model comes from is `model_init`; which stages exist is `stages`.
 
 At toy scale `pretrain_generator` trains a tiny Wan generator from scratch as image-to-video with camera
 prompts and no motion (no pretrained video DiT can be downloaded here) and registers it as alias `base`.
@@ -18,70 +20,17 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import torch
 
 from dimo import video_io
-from dimo.models import DimoModel, configs
-from dimo.models.schedules import AnnealSchedule
+from dimo.models import DimoModel
 from dimo.training import registry
 from dimo.training.batches import PairBatches
 from dimo.training.loop import StageSettings, train_stage
+from dimo.training.model_init import build_model, configure_for_stage
 from dimo.training.samples import sample_grid
-from dimo.training.stages import PAPER_STAGES, global_step_offset
+from dimo.training.stages import NOT_LOADED, PAPER_STAGES, global_step_offset
 
 log = logging.getLogger(__name__)
-
-def build_model(stage: str, params: dict, manifest: dict) -> DimoModel:
-    """The stage's starting weights: a fresh toy model, a registered alias, or a stock Wan2.1 folder."""
-    spec = params["model"]
-    init = params["stages"][stage]["init"]
-    if init == "scratch":
-        return build_fresh(spec, manifest)
-    if init.startswith("wan:"):
-        cfg = configs.get(spec["config"], variant=spec["variant"], **spec.get("overrides", {}))
-        return DimoModel.from_stock_pretrained(cfg, init.removeprefix("wan:"))
-    model = registry.load_model(init)
-    got = (model.config.name, model.config.variant)
-    if got[0] == spec["config"] and got[1] != spec["variant"] and spec.get("transfer_from_other_variant", False):
-        return transfer_weights(model, build_fresh(spec, manifest))  # ablations start from the same base
-    if got != (spec["config"], spec["variant"]):
-        raise ValueError(f"{stage}: {init} holds a {got[0]!r} model (variant {got[1]!r}) but training.model asks "
-                         f"for {spec['config']!r} (variant {spec['variant']!r}); run the earlier stages with the "
-                         "same training.model or point init at a matching model")
-    return model
-
-
-def build_fresh(spec: dict, manifest: dict) -> DimoModel:
-    cfg = configs.get(spec["config"], variant=spec["variant"], **{"text_in_dim": manifest["text_dim"],
-                                                                    **spec.get("overrides", {})})
-    return DimoModel(cfg)
-
-
-def transfer_weights(source: DimoModel, target: DimoModel) -> DimoModel:
-    """Copy every weight whose name and shape agree, e.g. the base generator into an ablation variant whose
-    motion pathway differs (channel concatenation, SMPL control, no hand encoder)."""
-    src, dst = source.state_dict(), target.state_dict()
-    shared = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
-    for k, v in src.items():  # a wider input layer (channel concatenation appends motion channels): copy the
-        w = dst.get(k)         # stock input channels, the appended ones keep their zero init
-        if w is not None and k not in shared and w.ndim == v.ndim > 1 and w.shape[0] == v.shape[0] \
-                and w.shape[2:] == v.shape[2:] and w.shape[1] > v.shape[1]:
-            shared[k] = torch.cat([v, w[:, v.shape[1]:]], 1)
-    target.load_state_dict(shared, strict=False)
-    fresh = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in set(dst) - set(shared)})
-    log.info("%s: %d of %d tensors from the %s model; freshly initialised: %s", target.config.variant, len(shared),
-             len(dst), source.config.variant, ", ".join(fresh) or "none")
-    return target
-
-
-def configure_for_stage(model: DimoModel, stage: dict, params: dict) -> None:
-    """Training knobs that belong to the stage, not to the saved model."""
-    model.config.p_drop_text = params["p_drop_text"]
-    model.config.p_drop_motion = stage.get("p_drop_motion", params["p_drop_motion"])  # 1.0 = no motion at all
-    geo = params["geometric_loss"] if stage.get("geometric_loss", True) else {**params["geometric_loss"], "start": 0.0}
-    model.geo_schedule = AnnealSchedule(**geo)
-    if model.config.gradient_checkpointing:  # real-scale configs: activations of 48K-token clips need it
-        model.enable_gradient_checkpointing()
 
 
 def fingerprint(stage: str, params: dict, pairs: pd.DataFrame) -> str:
@@ -113,17 +62,18 @@ def apply_schedule(params: dict, best: dict) -> dict:
     return out
 
 
-def effective_params(stage: str, params: dict, sweep_best) -> dict:
+def effective_params(stage: str, params: dict, sweep_best=NOT_LOADED) -> dict:
     """`params`, or with `geometric_loss_from_sweep: true` the sweep's best schedule applied (stage1..3 only:
-    pretraining has no geometric loss). `sweep_best` is the `annealing_best_params` dataset: a dict, or a falsy
-    `dimo.datasets.Absent` naming the file when it does not exist (an error: the flag asks for it)."""
+    pretraining has no geometric loss). `sweep_best` is what the `annealing_best_params` dataset loaded: a dict,
+    or None / a falsy `dimo.datasets.Absent` naming the file when it does not exist (an error: the flag asks for
+    it). A caller that does not load the dataset (the ablation) leaves it at `stages.NOT_LOADED`."""
     if not params.get("geometric_loss_from_sweep", False) or stage not in PAPER_STAGES:
         return params
-    if sweep_best is None:  # a caller that does not load the file (e.g. the ablation runs): its own schedule
-        log.warning("%s: training.geometric_loss_from_sweep is true but this caller passes no sweep parameters: "
+    if sweep_best is NOT_LOADED:  # e.g. the ablation runs: their own schedule
+        log.warning("%s: training.geometric_loss_from_sweep is true but this caller loads no sweep parameters: "
                     "training.geometric_loss is used as configured", stage)
         return params
-    if not sweep_best:
+    if not sweep_best:  # the file does not exist
         where = getattr(sweep_best, "path", None) or "the annealing_best_params file (conf catalog)"
         raise FileNotFoundError(f"{stage}: training.geometric_loss_from_sweep is true but {where} does not exist: "
                                 "run `kedro run --pipelines=annealing_sweep` first (same --env), or set "
@@ -136,9 +86,10 @@ def effective_params(stage: str, params: dict, sweep_best) -> dict:
 
 
 def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dict, deepspeed_config: dict,
-              params: dict, previous: dict | None = None, sweep_best=None) -> tuple[DimoModel, dict]:
+              params: dict, previous: dict | None = None, sweep_best=NOT_LOADED) -> tuple[DimoModel, dict]:
     """Train one stage end to end; returns the trained model and its summary (also logged to MLflow).
-    `sweep_best`: the annealing sweep's best parameters, used when `params["geometric_loss_from_sweep"]`."""
+    `previous`: the predecessor's registration (recorded in the summary). `sweep_best`: the annealing sweep's
+    best parameters, used when `params["geometric_loss_from_sweep"]` (see `effective_params`)."""
     params = effective_params(stage, params, sweep_best)
     stage_params = params["stages"][stage]
     train_pairs = pairs[(pairs["stage"] == stage) & (pairs["split"] == "train")]
@@ -208,26 +159,3 @@ def register_stage(stage: str, model: DimoModel, codec, manifest: dict, summary:
     aliases = list(params["stages"][stage]["aliases"])
     tags = {"stage": stage, "config": model.config.name, "variant": model.config.variant, "steps": summary["steps"]}
     return registry.register(model, codec, manifest["text_encoder"], params["registered_model_name"], aliases, tags)
-
-
-def stage_pipeline(stage: str, previous: str | None):
-    """Nodes of one training stage: train (from the previous stage's registered weights), then register."""
-    from functools import partial, update_wrapper
-
-    from kedro.pipeline import Node, Pipeline
-
-    def named(func, name):  # Kedro shows the function name in logs and `kedro viz`
-        return update_wrapper(partial(func, stage), func)
-
-    inputs = {"pairs": "training_pairs", "cache": "latent_cache", "codec": "latent_codec",
-              "manifest": "preprocess_manifest", "deepspeed_config": "deepspeed_config", "params": "params:training"}
-    if previous:
-        inputs["previous"] = f"{previous}_registration"
-    if stage in PAPER_STAGES:  # loaded always (Absent when missing), used only with geometric_loss_from_sweep
-        inputs["sweep_best"] = "annealing_best_params"
-    return Pipeline([
-        Node(named(run_stage, stage), inputs, [f"{stage}_model", f"{stage}_summary"], name=f"train_{stage}"),
-        Node(named(register_stage, stage), [f"{stage}_model", "latent_codec", "preprocess_manifest",
-                                            f"{stage}_summary", "params:training"],
-             f"{stage}_registration", name=f"register_{stage}"),
-    ])

@@ -1,5 +1,0 @@
-from dimo.training.nodes import stage_pipeline
-
-
-def create_pipeline(**kwargs):
-    return stage_pipeline("pretrain", previous=None)
