@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from dimo.models.schedules import AnnealSchedule
 from dimo.training import mixtures
+from dimo.training import stages as chain
 from dimo.training.stages import global_step_offset
 from tests.conftest import PROJECT_ROOT, VENV_BIN, run_cli
 
@@ -72,6 +73,27 @@ def test_geometric_weight_anneals_over_global_steps_like_the_paper():
     assert schedule.weight(offsets["stage2"] + 2_000) == 0.0  # ... and ends 2K steps in
     assert [PAPER["stages"][s]["steps"] for s in ("stage1", "stage2", "stage3")] == [10_000, 15_000, 5_000]
     assert PAPER["batch"]["global"] == 64 and PAPER["lr"] == 1e-5
+
+
+def test_every_environment_configures_exactly_the_stages_of_the_chain():
+    for env in ("base", "smoke", "paper"):
+        params = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), env=env, base_env="base",
+                                   default_run_env="local")["parameters"]["training"]
+        assert list(params["stages"]) == [s.key for s in chain.STAGES], env
+    assert chain.PAPER_STAGES == ("stage1", "stage2", "stage3")
+    assert [chain.get(s.previous).key for s in chain.STAGES if s.previous] == [s.key for s in chain.STAGES[:-1]]
+
+
+def test_a_loaded_but_missing_sweep_file_fails_before_training_and_the_chain_checks_names_first():
+    from dimo.training.nodes import run_stage
+
+    params = {**BASE["parameters"]["training"], "geometric_loss_from_sweep": True}
+    with pytest.raises(FileNotFoundError, match="geometric_loss_from_sweep is true but"):  # the catalog's None
+        run_stage("stage2", pd.DataFrame(), {}, None, {}, {}, params, sweep_best=None)
+    with pytest.raises(ValueError, match="stage2: training_pairs has no train pairs"):  # not loaded: trains as set
+        run_stage("stage2", pd.DataFrame({"stage": [], "split": []}), {}, None, {}, {}, params)
+    with pytest.raises(KeyError, match="unknown training stage 'stage9'"):
+        next(chain.run_chain(["stage1", "stage9"], pd.DataFrame(), {}, None, {}, {}, params))
 
 
 # ------------------------------------------------------------------ the smoke chain, for real
