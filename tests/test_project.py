@@ -199,3 +199,17 @@ def test_registered_training_pipelines_follow_the_stage_chain():
     folders = {p.name for p in (PROJECT_ROOT / "src/dimo/pipelines").iterdir()
                if (p / "pipeline.py").is_file() and p.name != "training"}
     assert folders <= set(pipelines), f"pipeline folders not registered: {sorted(folders - set(pipelines))}"
+
+
+def test_every_registered_pipeline_is_an_mlproject_entry_point():
+    import yaml
+
+    from dimo.pipeline_registry import register_pipelines
+
+    entry_points = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]
+    expected = {"main"} | (set(register_pipelines()) - {"__default__"})
+    assert set(entry_points) == expected
+    for name, spec in entry_points.items():
+        assert set(spec["parameters"]) == {"env", "params"}
+        assert spec["command"].startswith("bash scripts/kedro_env.sh {env}")
+        assert (f"--pipelines={name} " in spec["command"]) == (name != "main")

@@ -21,7 +21,7 @@ def stage_pipeline(stage: Stage) -> Pipeline:
     out = stage.outputs
     return Pipeline([
         Node(_for_stage(run_stage, stage.key), stage.inputs, [out["model"], out["summary"]],
-             name=f"train_{stage.key}"),
+             name=f"train_{stage.key}", tags=[f"starts_from.training.stages.{stage.key}.init"]),  # dimo.preflight
         Node(_for_stage(register_stage, stage.key),
              [out["model"], "latent_codec", "preprocess_manifest", out["summary"], "params:training"],
              out["registration"], name=f"register_{stage.key}"),

@@ -1,0 +1,182 @@
+"""Before a run starts: what it needs that is not there yet, who makes it, and the one command that would.
+
+A pipeline run alone (`kedro run --pipelines=train_stage3`) needs the datasets earlier pipelines write and the
+registered models its stages start from. `problems` lists what is missing; `message` turns that into one line
+with the pipelines that make each thing and the commands that would (Kedro, DVC). The project hook calls them in
+`before_pipeline_run`, so a user gets that line within seconds instead of a traceback after minutes.
+
+Nodes declare the models they start from with a tag `starts_from.<parameter path>` (e.g.
+`starts_from.training.stages.stage2.init`); the parameter holds a model URI (`models:/dimo@stage1`), a folder
+or `wan:<folder>`. Optional datasets (a class whose name starts with `Optional`) are never required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TAG_PREFIX = "starts_from."
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str              # e.g. "training_pairs", "model models:/dimo@stage2", "Wan folder /x (no such folder)"
+    made_by: str | None    # the pipeline that makes it, if one does
+
+
+def _param(params: dict, path: str):
+    value = params
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _optional(catalog, name: str) -> bool:
+    try:
+        return type(catalog.get(name)).__name__.startswith("Optional")
+    except Exception:  # a pattern or unknown dataset: let the run itself report it
+        return True
+
+
+def producers(registered: dict) -> dict[str, str]:
+    """dataset -> the smallest registered pipeline (by node count, never __default__) that writes it."""
+    out: dict[str, tuple[int, str]] = {}
+    for name, pipe in registered.items():
+        if name == "__default__":
+            continue
+        for ds in pipe.all_outputs():
+            if ds not in out or len(pipe.nodes) < out[ds][0]:
+                out[ds] = (len(pipe.nodes), name)
+    return {ds: name for ds, (_, name) in out.items()}
+
+
+def registering_pipeline(uri: str, params: dict, registered: dict) -> str | None:
+    """The training pipeline that registers `models:/<name>@<alias>` (from training.stages.*.aliases)."""
+    from dimo.training import stages
+
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    training = params.get("training", {})
+    if not alias or name != training.get("registered_model_name"):
+        return None
+    for key, stage in training.get("stages", {}).items():
+        if alias in stage.get("aliases", []):
+            try:
+                pipeline = stages.get(key).pipeline
+            except KeyError:
+                return None
+            return pipeline if pipeline in registered else None
+    return None
+
+
+def model_problem(uri: str, params: dict) -> str | None:
+    """Why `uri` cannot be loaded now, or None when it can."""
+    from pathlib import Path
+
+    if not isinstance(uri, str) or uri in ("", "scratch"):
+        return None
+    if uri.startswith("wan:"):
+        folder = Path(uri.removeprefix("wan:"))
+        return None if folder.is_dir() else f"Wan folder {folder} (no such folder)"
+    if not uri.startswith("models:/"):
+        return None if Path(uri).is_dir() else f"model folder {uri} (no such folder)"
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
+    except (MlflowException, TypeError, ValueError):
+        return f"model {uri} (not in the registry at {mlflow.get_tracking_uri()})"
+    spec = _param(params, "training.model") or {}
+    got = (mv.tags.get("config"), mv.tags.get("variant"))
+    want = (spec.get("config"), spec.get("variant"))
+    if None not in got and None not in want and got != want and not spec.get("transfer_from_other_variant"):
+        return (f"model {uri} of config {got[0]!r} variant {got[1]!r} (training.model asks for {want[0]!r} "
+                f"variant {want[1]!r})")
+    return None
+
+
+def pipeline_problems(pipe, catalog, params: dict, registered: dict, made_in_run: set[str]) -> list[Problem]:
+    """What `pipe` needs that neither exists nor is made by a pipeline in `made_in_run`."""
+    made = producers(registered)
+    out = []
+    own = pipe.all_outputs()
+    for ds in sorted(pipe.inputs()):
+        if ds.startswith("params:") or ds == "parameters" or ds in own or _optional(catalog, ds):
+            continue
+        if made.get(ds) in made_in_run or catalog.exists(ds):
+            continue
+        out.append(Problem(ds, made.get(ds)))
+    registered_in_run = set()
+    for node in pipe.nodes:
+        for tag in sorted(node.tags):
+            if not tag.startswith(TAG_PREFIX):
+                continue
+            uri = _param(params, tag.removeprefix(TAG_PREFIX))
+            maker = registering_pipeline(uri, params, registered) if isinstance(uri, str) else None
+            if maker in made_in_run or uri in registered_in_run:
+                continue
+            if reason := model_problem(uri, params):
+                out.append(Problem(reason, maker))
+        registered_in_run |= _aliases_registered(node, params)
+    return out
+
+
+def _aliases_registered(node, params: dict) -> set[str]:
+    """Model URIs a training node of this run registers (so a later node of the same run may start from them)."""
+    training = params.get("training", {})
+    key = node.name.removeprefix("register_")
+    if not node.name.startswith("register_") or key not in training.get("stages", {}):
+        return set()
+    name = training.get("registered_model_name")
+    return {f"models:/{name}@{a}" for a in training["stages"][key].get("aliases", [])}
+
+
+def plan(pipe, catalog, params: dict, registered: dict) -> tuple[list[Problem], list[str]]:
+    """(what the run misses, the pipelines to run first, in data-flow order)."""
+    problems = pipeline_problems(pipe, catalog, params, registered, set())
+    needed: list[str] = []
+    frontier = [p.made_by for p in problems if p.made_by]
+    while frontier:
+        name = frontier.pop()
+        if name in needed:
+            continue
+        needed.append(name)
+        frontier += [p.made_by for p in pipeline_problems(registered[name], catalog, params, registered,
+                                                          set(needed)) if p.made_by and p.made_by not in needed]
+    order = [n for n in _data_flow_order(registered) if n in needed]
+    return problems, order
+
+
+def _data_flow_order(registered: dict) -> list[str]:
+    """Registered pipelines, producers before consumers (a topological order of their datasets)."""
+    made = producers(registered)
+    names = [n for n in registered if n != "__default__"]
+    deps = {n: {made[d] for d in registered[n].inputs() if made.get(d) not in (None, n)} for n in names}
+    out: list[str] = []
+    while len(out) < len(names):
+        ready = [n for n in names if n not in out and deps[n] <= set(out)]
+        if not ready:  # a cycle between pipelines: keep the rest in registry order
+            ready = [n for n in names if n not in out]
+        out += sorted(ready, key=names.index)[:1]
+    return out
+
+
+def message(run: str, problems: list[Problem], order: list[str], env: str | None, dvc_stages: set[str]) -> str:
+    """One line: what is missing, who makes it, and the commands that would make it."""
+    def part(p: Problem) -> str:
+        return f"{p.what} (made by {p.made_by})" if p.made_by else p.what
+
+    env_flag = f" --env={env}" if env and env not in ("local", "base") else ""
+    env_var = f"KEDRO_ENV={env} " if env_flag else ""
+    line = f"{run} cannot start: missing {', '.join(part(p) for p in problems)}."
+    if order:
+        line += f" Run first: kedro run{env_flag} --pipelines={','.join(order)}"
+        if run in dvc_stages:
+            line += f"; or {env_var}dvc repro {run} (DVC builds what is upstream)"
+        line += "; or dvc pull when a remote has them."
+    else:
+        line += " Nothing in this project makes it: fix the configuration named above."
+    return line
