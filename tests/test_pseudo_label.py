@@ -341,3 +341,13 @@ def test_smplx_backend_with_standin_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="licensed"):
         make_backend({"body_model": "smplx", "smplx": {"smpl_path": str(tmp_path / "missing.pkl"),
                                                        "mano_dir": mano}})
+
+
+def test_label_node_names_a_clip_missing_from_the_clip_folders(tmp_path):
+    from dimo import clip_table
+    from dimo.pipelines.pseudo_label.nodes import label_clips
+
+    table = pd.DataFrame([{"clip_id": "syn0001_walk_v0", "path": "x/syn0001_walk_v0.mp4", "fps": 16.0,
+                           "num_frames": 17}])
+    with pytest.raises(clip_table.MissingClipError, match="syn0001_walk_v0"):
+        label_clips(table, None, {}, labeller.LabelStore(tmp_path), smoke_params())
