@@ -12,6 +12,7 @@ from kedro.config import OmegaConfigLoader
 from kedro_datasets.partitions import PartitionedDataset
 
 from dimo import clip_table
+from dimo.datasets import OptionalPartitionedDataset
 from dimo.pipelines.ingest.nodes import ingest_videos
 from dimo.pipelines.validate.nodes import (apply_validation_gate, combine_clip_tables, profile_clips,
                                            run_expectation_suite)
@@ -27,19 +28,26 @@ def params(tmp_path: Path):
     return ingest, dict(SMOKE["validate"])
 
 
+def clip_folder(ingest_params: dict) -> OptionalPartitionedDataset:
+    """The catalog's `ingested_clips`: partition id = clip id."""
+    return OptionalPartitionedDataset(path=ingest_params["clips_dir"], dataset="dimo.datasets.VideoDataset",
+                                      filename_suffix=".mp4", overwrite=True)
+
+
 def run_ingest(raw: Path, ingest_params: dict, manifest: pd.DataFrame | None = None):
     videos = PartitionedDataset(path=str(raw), dataset="dimo.datasets.VideoDataset").load()
     table, clips, rejects = ingest_videos(videos, manifest, ingest_params)
-    out = PartitionedDataset(path=ingest_params["clips_dir"], dataset="dimo.datasets.VideoDataset",
-                             filename_suffix=".mp4", overwrite=True)
     if clips:
-        out.save(clips)
+        clip_folder(ingest_params).save(clips)
     return table, rejects
 
 
-def run_validate(table: pd.DataFrame, rejects: pd.DataFrame, validate_params: dict):
-    candidates = combine_clip_tables(table, pd.DataFrame(), {**validate_params, "sources": ["user", "synthetic"]})
-    profile = profile_clips(candidates, validate_params)
+def run_validate(table: pd.DataFrame, rejects: pd.DataFrame, validate_params: dict, ingested_clips=None):
+    """validate's nodes as the pipeline wires them; no synthetic source exists (its table and folder: None)."""
+    candidates = combine_clip_tables(table, None, {**validate_params, "sources": ["user", "synthetic"]})
+    if ingested_clips is None and len(table):
+        ingested_clips = clip_folder({"clips_dir": str(Path(table["path"].iloc[0]).parent)}).load()
+    profile = profile_clips(candidates, None, ingested_clips, validate_params)
     quarantine, report, _ = run_expectation_suite(profile, rejects, validate_params)
     return profile, quarantine, report
 
@@ -161,7 +169,34 @@ def test_blank_frozen_and_lonely_multiview_clips_are_quarantined(tmp_path, write
 
 def test_empty_input_fails_with_a_clear_message(tmp_path):
     _, validate_p = params(tmp_path)
-    profile = profile_clips(clip_table.empty(), validate_p)
+    profile = profile_clips(clip_table.empty(), None, None, validate_p)
     quarantine, report, _ = run_expectation_suite(profile, clip_table.empty(clip_table.REJECT_COLUMNS), validate_p)
     with pytest.raises(ValueError, match="no valid clip remains"):
         apply_validation_gate(profile, quarantine, validate_p)
+
+
+def test_clip_row_without_a_clip_file_is_quarantined_naming_the_clip(tmp_path, write_clip):
+    ingest_p, validate_p = params(tmp_path)
+    write_clip(tmp_path / "raw" / "walk.mp4", n=75, fps=30)
+    table, rejects = run_ingest(tmp_path / "raw", ingest_p)
+    clips = clip_folder(ingest_p).load()
+    assert sorted(clips) == ["walk-w000", "walk-w001"]  # partition id = clip id
+    del clips["walk-w001"]  # the table lists it, the folder does not hold it
+    profile, quarantine, report = run_validate(table, rejects, validate_p, ingested_clips=clips)
+    assert list(profile["decodable"]) == [True, False]
+    row = quarantine[quarantine["clip_id"] == "walk-w001"]
+    assert row["column"].tolist() == ["decodable"] and "walk-w001" in row["observed"].iloc[0]
+    assert "walk-w000" not in set(quarantine["clip_id"])
+    # No folder at all (no user clips yet) while the table lists clips: each row quarantined, none skipped.
+    _, quarantine, _ = run_validate(table, rejects, validate_p, ingested_clips={})
+    assert sorted(quarantine["clip_id"]) == ["walk-w000", "walk-w001"]
+    assert quarantine["observed"].str.contains("has no file in synthetic_clips / ingested_clips").all()
+
+
+def test_no_user_videos_folder_gives_no_user_clips(tmp_path):
+    ingest_p, _ = params(tmp_path)
+    raw = OptionalPartitionedDataset(path=str(tmp_path / "raw"), dataset="dimo.datasets.VideoDataset").load()
+    assert raw is None  # the catalog's raw_videos when data/01_raw/videos does not exist
+    table, clips, rejects = ingest_videos(raw, None, ingest_p)
+    assert table.empty and clips == {} and rejects.empty
+    assert list(table.columns) == list(clip_table.COLUMNS)

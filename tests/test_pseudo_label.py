@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from dimo import video_io
+from dimo.datasets import VideoDataset
 from dimo.labelling import fit, label_format as lf, labeller, quality
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,10 +209,11 @@ def labelled(tmp_path_factory, anny):
     rows = []
     for cid, frames in clips.items():
         video_io.write_video(root / f"{cid}.mp4", frames, 16.0)
-        rows.append({"clip_id": cid, "path": f"{cid}.mp4", "fps": 16.0, "num_frames": n})
+        rows.append({"clip_id": cid, "path": f"{cid}.mp4", "fps": 16.0, "num_frames": n,
+                     "load": VideoDataset(filepath=str(root / f"{cid}.mp4")).load})  # as a clip partition
     params = smoke_params()
     store = labeller.LabelStore(root / "store")
-    index = pd.DataFrame(labeller.label_clips(rows, store, params, backend=anny, root=root, progress=False))
+    index = pd.DataFrame(labeller.label_clips(rows, store, params, backend=anny, progress=False))
     frames = pd.concat([pd.DataFrame(labeller.frame_table_rows(r["clip_id"], lf.load_label(r["label_path"])))
                         for _, r in index.iterrows()], ignore_index=True)
     q, results = quality.quarantine(index, frames, params["gates"])
@@ -249,11 +251,10 @@ def test_bad_inputs_gated_with_reasons(labelled):
 
 
 def test_cache_hit_skips_work(labelled):
-    store, root = labelled["store"], labelled["root"]
+    store = labelled["store"]
     before = {p.name: p.stat().st_mtime_ns for p in store.root.glob("*.npz")}
     assert len(before) == 5
-    rows = labeller.label_clips(labelled["rows"], store, labelled["params"], backend=None, root=root,
-                                progress=False)
+    rows = labeller.label_clips(labelled["rows"], store, labelled["params"], backend=None, progress=False)
     assert all(r["cache_hit"] for r in rows)  # backend=None: nothing was even loaded to fit with
     after = {p.name: p.stat().st_mtime_ns for p in store.root.glob("*.npz")}
     assert before == after
@@ -261,7 +262,7 @@ def test_cache_hit_skips_work(labelled):
     params = copy.deepcopy(labelled["params"])
     params["fit"]["iterations"] = 5
     one = [labelled["rows"][3]]  # the black clip: cheap
-    rows = labeller.label_clips(one, store, params, backend=None, root=root, progress=False)
+    rows = labeller.label_clips(one, store, params, backend=None, progress=False)
     assert not rows[0]["cache_hit"] and len(list(store.root.glob("*.npz"))) == 6
 
 
@@ -340,3 +341,13 @@ def test_smplx_backend_with_standin_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="licensed"):
         make_backend({"body_model": "smplx", "smplx": {"smpl_path": str(tmp_path / "missing.pkl"),
                                                        "mano_dir": mano}})
+
+
+def test_label_node_names_a_clip_missing_from_the_clip_folders(tmp_path):
+    from dimo import clip_table
+    from dimo.pipelines.pseudo_label.nodes import label_clips
+
+    table = pd.DataFrame([{"clip_id": "syn0001_walk_v0", "path": "x/syn0001_walk_v0.mp4", "fps": 16.0,
+                           "num_frames": 17}])
+    with pytest.raises(clip_table.MissingClipError, match="syn0001_walk_v0"):
+        label_clips(table, None, {}, labeller.LabelStore(tmp_path), smoke_params())

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from dimo import camera_vocabulary, clip_table, video_io
-from dimo.datasets import VideoDataset
+from dimo.datasets import NpzDataset, VideoDataset
+from dimo.npz_io import load_npz
 from dimo.pipelines.synthesize_views import nodes
 from dimo.synthesis import body, cameras, motion, render
-from dimo.npz_io import NpzDataset, load_npz
 
 PARAMS = {
     "seed": 3, "fps": 16, "num_frames": 17, "target_area": 4096, "aspect": 1.0, "size_multiple": 16,

@@ -1,18 +1,24 @@
-"""The project's few Kedro datasets: a video file, and tables that may not exist yet."""
+"""The project's Kedro datasets, all in this one module: a video file, an .npz file, the label cache folder,
+tensors and model folders, and the optional files and folders that may not exist yet.
+
+Optional datasets (`Optional*`) share one behaviour: `load()` returns None when the file or folder does not
+exist (logged at INFO with the path), so callers test `is None`; saving works as for the plain dataset."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
+import yaml
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 from kedro_datasets.partitions import PartitionedDataset
 
-from dimo import video_io
+from dimo import npz_io, video_io
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +26,7 @@ log = logging.getLogger(__name__)
 class Video(NamedTuple):
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
     fps: float
+    encoded: bytes | None = None  # the file's bytes when loaded from one (the label cache keys on them)
 
 
 class VideoDataset(AbstractDataset[Video, Video]):
@@ -31,7 +38,7 @@ class VideoDataset(AbstractDataset[Video, Video]):
         self.metadata = metadata
 
     def load(self) -> Video:
-        return Video(*video_io.read_video(self._filepath))
+        return Video(*video_io.read_video(self._filepath), encoded=self._filepath.read_bytes())
 
     def save(self, data: Video) -> None:
         video_io.write_video(self._filepath, data.frames, data.fps, crf=self._crf, lossless=self._lossless)
@@ -41,25 +48,6 @@ class VideoDataset(AbstractDataset[Video, Video]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
-
-
-class OptionalParquetDataset(ParquetDataset):
-    """A parquet table that loads as an empty frame when its file does not exist (an unused data source)."""
-
-    def load(self) -> pd.DataFrame:
-        if not self._exists():
-            log.info("%s does not exist: treated as an empty table", self._filepath)
-            return pd.DataFrame()
-        return super().load()
-
-
-class OptionalCSVDataset(CSVDataset):
-    """A CSV file that loads as None when absent (e.g. the optional ingest manifest)."""
-
-    def load(self) -> pd.DataFrame | None:
-        if not self._exists():
-            return None
-        return super().load()
 
 
 class SafetensorsDataset(AbstractDataset[dict, dict]):
@@ -154,25 +142,73 @@ class DimoModelDataset(_FolderDataset):
         model.save_pretrained(str(folder))
 
 
-class OptionalJSONDataset(AbstractDataset[dict, dict]):
-    """A JSON file that loads as None when absent (a previous stage's registration that may not exist yet)."""
+
+
+class NpzDataset(AbstractDataset[dict, dict]):
+    """One .npz file <-> a dict of numpy arrays, byte-reproducible (`dimo.npz_io.save_npz`)."""
+
+    def __init__(self, filepath: str, compress: bool = True, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._compress = compress
+        self.metadata = metadata
+
+    def load(self) -> dict[str, np.ndarray]:
+        return npz_io.load_npz(self._filepath)
+
+    def save(self, data: dict[str, Any]) -> None:
+        npz_io.save_npz(self._filepath, data, self._compress)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "compress": self._compress}
+
+
+class LabelStoreDataset(AbstractDataset):
+    """The label cache folder: loads as a `dimo.labelling.labeller.LabelStore` handle the labelling node reads
+    hits from and writes misses to (a content-addressed cache is read and extended in one step)."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self):
+        from dimo.labelling.labeller import LabelStore  # lazily: labelling imports torch
+
+        self._path.mkdir(parents=True, exist_ok=True)
+        return LabelStore(self._path)
+
+    def save(self, data) -> None:
+        raise DatasetError("the label store is written through the LabelStore handle it loads as")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class _TextFileDataset(AbstractDataset[dict, dict]):
+    """A small JSON / YAML file, written atomically (readers, e.g. parallel sweep workers, never see half)."""
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
         self.metadata = metadata
 
-    def load(self) -> dict | None:
-        import json
+    def _parse(self, text: str):
+        raise NotImplementedError
 
-        return json.loads(self._filepath.read_text()) if self._filepath.is_file() else None
+    def _format(self, data) -> str:
+        raise NotImplementedError
 
-    def save(self, data: dict) -> None:
-        import json
-        import os
+    def load(self):
+        return self._parse(self._filepath.read_text())
 
+    def save(self, data) -> None:
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._filepath.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp = self._filepath.with_name(f".{self._filepath.name}.{os.getpid()}.tmp")
+        tmp.write_text(self._format(data))
         os.replace(tmp, self._filepath)
 
     def _exists(self) -> bool:
@@ -182,59 +218,52 @@ class OptionalJSONDataset(AbstractDataset[dict, dict]):
         return {"filepath": str(self._filepath)}
 
 
-class Absent:
-    """What an optional file loads as when it does not exist: falsy, and it knows the path for error messages."""
+class _JSONFile(_TextFileDataset):
+    def _parse(self, text: str):
+        return json.loads(text)
 
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return f"Absent({self.path!r})"
+    def _format(self, data) -> str:
+        return json.dumps(data, indent=2, default=str)
 
 
-class OptionalYAMLDataset(AbstractDataset[dict, dict]):
-    """A YAML file that loads as a falsy `Absent(path)` when it does not exist (the annealing sweep's best
-    parameters, which training reads only when asked to, and then names the missing path)."""
+class _YAMLFile(_TextFileDataset):
+    def _parse(self, text: str):
+        return yaml.safe_load(text) or {}
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
-        self.metadata = metadata
+    def _format(self, data) -> str:
+        return yaml.safe_dump(data, sort_keys=False)
 
-    def load(self) -> dict | Absent:
-        import yaml
 
-        if not self._filepath.is_file():
-            return Absent(self._filepath)
-        return yaml.safe_load(self._filepath.read_text()) or {}
+class _NoneWhenMissing:
+    """Mixin (put it first): `load()` returns None when the dataset's file or folder does not exist."""
 
-    def save(self, data: dict) -> None:
-        import os
+    def load(self):
+        if not self.exists():
+            described = self._describe()
+            log.info("%s does not exist: loaded as None", described.get("filepath") or described.get("path"))
+            return None
+        return super().load()
 
-        import yaml
 
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._filepath.with_name(f".{self._filepath.name}.{os.getpid()}.tmp")  # atomic: readers never see half
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        os.replace(tmp, self._filepath)
+class OptionalParquetDataset(_NoneWhenMissing, ParquetDataset):
+    """A parquet table that may not exist yet (an unused clip source)."""
+
+
+class OptionalCSVDataset(_NoneWhenMissing, CSVDataset):
+    """A CSV file that may not exist (the ingest manifest, the external benchmark manifest)."""
+
+
+class OptionalJSONDataset(_NoneWhenMissing, _JSONFile):
+    """A JSON file that may not exist yet (a previous stage's registration)."""
+
+
+class OptionalYAMLDataset(_NoneWhenMissing, _YAMLFile):
+    """A YAML file that may not exist yet (the annealing sweep's best parameters)."""
+
+
+class OptionalPartitionedDataset(_NoneWhenMissing, PartitionedDataset):
+    """A folder of partitions that may be missing or empty (no user videos, no synthetic clips yet)."""
 
     def _exists(self) -> bool:
-        return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
-
-
-class OptionalPartitionedDataset(PartitionedDataset):
-    """A folder of partitions that may be empty (no user videos yet): loads as {} instead of failing."""
-
-    def load(self) -> dict:
-        try:
-            return super().load()
-        except DatasetError as err:
-            if "No partitions found" not in str(err):
-                raise
-            log.info("%s holds no files: treated as empty", self._path)
-            return {}
+        self._invalidate_caches()  # list afresh: another node or process may have written partitions since
+        return super()._exists()

@@ -1,4 +1,5 @@
-"""Byte-reproducible .npz files (ground truth, labels) and their Kedro dataset: a dict of numpy arrays.
+"""Byte-reproducible .npz files (ground truth, labels): a dict of numpy arrays (`dimo.datasets.NpzDataset` is
+their Kedro dataset).
 
 kedro-datasets 9.6 has no numpy/npz dataset, and numpy.savez stamps each member with the current time, so the
 same arrays give different bytes; this writer fixes the zip timestamps (and writes atomically).
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kedro.io import AbstractDataset
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -48,24 +48,3 @@ def save_npz(path: str | Path, arrays: dict[str, Any], compress: bool = True) ->
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
-
-
-class NpzDataset(AbstractDataset[dict, dict]):
-    """One .npz file <-> a dict of numpy arrays."""
-
-    def __init__(self, filepath: str, compress: bool = True, metadata: dict[str, Any] | None = None):
-        self._filepath = Path(filepath)
-        self._compress = compress
-        self.metadata = metadata
-
-    def load(self) -> dict[str, np.ndarray]:
-        return load_npz(self._filepath)
-
-    def save(self, data: dict[str, Any]) -> None:
-        save_npz(self._filepath, data, self._compress)
-
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "compress": self._compress}

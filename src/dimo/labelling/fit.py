@@ -115,19 +115,9 @@ def _optimise(params, closure_loss, kind: str, iterations: int, lr: float) -> No
         opt.step()
 
 
-def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, segment: np.ndarray | None = None,
-             hand3d: np.ndarray | None = None, hand_ok: np.ndarray | None = None, image_size=(1, 1),
-             cfg: FitConfig | None = None) -> dict[str, np.ndarray]:
-    """kp3d (T, 33, 4) world landmarks + visibility, kp2d (T, 33, 3) pixels + visibility, frame_ok (T,),
-    segment (T,) clip index of each frame (smoothness and scale stay within a clip), hand3d (T, 2, 21, 4)
-    and hand_ok (T, 2) for the wrist anchors. Returns numpy arrays (see keys at the end)."""
-    cfg = cfg or FitConfig()
-    torch.set_num_threads(max(1, cfg.threads))
-    T = len(kp3d)
-    segment = np.zeros(T, np.int64) if segment is None else np.asarray(segment)
-    n_seg = int(segment.max()) + 1 if T else 0
-    dt = backend.dtype
-    K = len(lf.FIT_KEYPOINTS)
+def _body_targets(kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, image_size, cfg: FitConfig, dt):
+    """The fit's targets: hip-centred 3D keypoints X (T, K, 3), their weights w (T, K), the 2D keypoints x2d
+    (T, K, 2) divided by the image's longer side `scale2d`."""
     have = MP_FOR_FIT >= 0
     src = np.where(have, MP_FOR_FIT, 0)
     X = torch.as_tensor(kp3d[:, src, :3], dtype=dt)
@@ -137,7 +127,13 @@ def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, 
     scale2d = float(max(image_size))
     x2d = torch.as_tensor(kp2d[:, src, :2] / scale2d, dtype=dt)
     X = X - 0.5 * (X[:, L_HIP] + X[:, R_HIP])[:, None]
+    return X, w, x2d, scale2d
 
+
+def _body_init(backend, X: torch.Tensor, frame_ok: np.ndarray, segment: np.ndarray, n_seg: int, dt):
+    """Closed-form start: the root from the torso frames (Kabsch), rest joint rotations, a scale per clip from
+    the torso + limb lengths. Returns the parameters to optimise (root6, aa, log_s)."""
+    T, K = len(X), len(lf.FIT_KEYPOINTS)
     with torch.no_grad():
         rest = backend.body_points(torch.eye(3, dtype=dt)[None], torch.eye(3, dtype=dt).expand(1, 21, 3, 3))[0]
     rest_k = rest[:K] - 0.5 * (rest[L_HIP] + rest[R_HIP])
@@ -159,7 +155,13 @@ def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, 
         if m.any():
             log_s[g] = torch.log(obs_len[m].median() / _len(rest_k).clamp_min(1e-6))
     log_s.requires_grad_(True)
+    return root6, aa, log_s
 
+
+def _body_loss(backend, cfg: FitConfig, X, w, x2d, segment: np.ndarray, frame_ok: np.ndarray, hand3d, hand_ok,
+               root6, aa, log_s):
+    """The fit's objective as a closure -> (loss, hip-centred fitted keypoints J (T, K, 3))."""
+    T, K, dt = len(X), len(lf.FIT_KEYPOINTS), backend.dtype
     # Hand anchors: knuckle offsets from the wrist, as the hand detector sees them.
     anchors = getattr(backend, "hand_anchors", ())
     use_anchor = hand3d is not None and len(anchors) > 0 and cfg.w_anchor > 0
@@ -175,8 +177,6 @@ def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, 
     a3 = torch.as_tensor(np.nonzero(same3)[0])
     seg_t = torch.as_tensor(segment)
     n_obs = w.sum().clamp_min(1.0)
-
-    params = [root6, aa, log_s]
 
     def loss_fn():
         R = lf.matrix_from_rot6d(root6)
@@ -206,7 +206,25 @@ def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, 
             loss = loss + cfg.w_accel * (acc ** 2).sum(-1).mean()
         return loss, J
 
-    _optimise(params, lambda: loss_fn()[0], cfg.optimizer, cfg.iterations, cfg.lr)
+    return loss_fn
+
+
+def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, segment: np.ndarray | None = None,
+             hand3d: np.ndarray | None = None, hand_ok: np.ndarray | None = None, image_size=(1, 1),
+             cfg: FitConfig | None = None) -> dict[str, np.ndarray]:
+    """kp3d (T, 33, 4) world landmarks + visibility, kp2d (T, 33, 3) pixels + visibility, frame_ok (T,),
+    segment (T,) clip index of each frame (smoothness and scale stay within a clip), hand3d (T, 2, 21, 4)
+    and hand_ok (T, 2) for the wrist anchors. Returns numpy arrays (see keys at the end)."""
+    cfg = cfg or FitConfig()
+    torch.set_num_threads(max(1, cfg.threads))
+    T = len(kp3d)
+    segment = np.zeros(T, np.int64) if segment is None else np.asarray(segment)
+    n_seg = int(segment.max()) + 1 if T else 0
+    dt = backend.dtype
+    X, w, x2d, scale2d = _body_targets(kp3d, kp2d, frame_ok, image_size, cfg, dt)
+    root6, aa, log_s = _body_init(backend, X, frame_ok, segment, n_seg, dt)
+    loss_fn = _body_loss(backend, cfg, X, w, x2d, segment, frame_ok, hand3d, hand_ok, root6, aa, log_s)
+    _optimise([root6, aa, log_s], lambda: loss_fn()[0], cfg.optimizer, cfg.iterations, cfg.lr)
 
     with torch.no_grad():
         loss, J = loss_fn()

@@ -1,6 +1,8 @@
 """Label clips: decode -> detect -> fit (batched over clips, in a worker thread while the next clips are being
-detected) -> one label .npz per clip in a content-addressed store (hash of the clip bytes + labelling params),
-so a re-run skips every clip whose bytes and parameters did not change."""
+detected) -> one label .npz per clip in a content-addressed store (hash of the clip file's bytes, or of frames
+made in memory, + labelling params), so a re-run skips every clip whose bytes and parameters did not change.
+Clips come as loaders (`dimo.datasets.Video` with the file's bytes) or frames: this module opens no path; the
+store's folder is the catalog's `dimo.datasets.LabelStoreDataset`."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from kedro.io import AbstractDataset
 from tqdm.auto import tqdm
 
 from dimo import video_io
@@ -28,16 +29,15 @@ log = logging.getLogger(__name__)
 HASHED_PARAMS = ("body_model", "anny_phenotype", "smplx", "detect", "fit", "gates_per_frame")
 
 
-def content_hash(path: str | Path, params: dict, frames: np.ndarray | None = None) -> str:
-    """Key of a clip's label: its file bytes (or, for frames in memory, their pixels) and the label params."""
+def content_hash(params: dict, encoded: bytes | None = None, frames: np.ndarray | None = None) -> str:
+    """Key of a clip's label: its file's bytes (`encoded`) or, for frames made in memory, their pixels; and the
+    label params."""
     h = hashlib.sha256()
-    if frames is not None:
+    if encoded is not None:
+        h.update(encoded)
+    else:
         h.update(repr(frames.shape).encode())
         h.update(np.ascontiguousarray(frames).tobytes())
-    else:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
     relevant = {k: params.get(k) for k in HASHED_PARAMS}
     h.update(json.dumps({"label_version": lf.LABEL_VERSION, **relevant}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
@@ -60,28 +60,6 @@ class LabelStore:
 
     def save(self, key: str, label: dict) -> Path:
         return lf.save_label(self.path(key), label)
-
-
-class LabelStoreDataset(AbstractDataset[LabelStore, None]):
-    """Catalog entry for the label cache folder: loads as a `LabelStore` handle the labelling node reads hits
-    from and writes misses to (a content-addressed cache is read and extended in one step)."""
-
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
-        self._path = Path(path)
-        self.metadata = metadata
-
-    def load(self) -> LabelStore:
-        self._path.mkdir(parents=True, exist_ok=True)
-        return LabelStore(self._path)
-
-    def save(self, data) -> None:
-        raise NotImplementedError("the label store is written through the LabelStore handle")
-
-    def _exists(self) -> bool:
-        return self._path.is_dir()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
 
 
 def _jitter(d: det.Detections) -> np.ndarray:
@@ -176,69 +154,97 @@ def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitt
     return labels
 
 
-def label_clips(clips: list[dict], store: LabelStore, params: dict, backend=None, root: str | Path = ".",
-                progress: bool = True) -> list[dict]:
-    """Label every clip (dicts with clip_id, path, fps; or with `frames`, uint8 (T, H, W, 3) in memory, e.g.
-    generated videos). Returns one summary row per clip, in input order. Cache hits are loaded from the store;
-    misses are detected here and fitted in a worker thread in batches of `fit_batch_clips`, overlapping the
-    detection of the next clips."""
-    from dimo.labelling.body_models import make_backend
+def _frames_and_key(clip: dict, params: dict) -> tuple[np.ndarray, str]:
+    """A clip's frames and label key: `frames` in memory (keyed by pixels) or `load()` -> Video (keyed by the
+    file's bytes). A clip that cannot be read is labelled as empty (every frame invalid)."""
+    if clip.get("frames") is not None:
+        return clip["frames"], content_hash(params, frames=clip["frames"])
+    try:
+        video = clip["load"]()
+    except (video_io.VideoReadError, FileNotFoundError) as err:
+        log.warning("pseudo_label: %s cannot be read (%s): labelled as empty", clip["clip_id"], err)
+        frames = np.zeros((int(clip.get("num_frames") or 1), 16, 16, 3), np.uint8)
+        return frames, content_hash(params, frames=frames)
+    if video.encoded is None:
+        return video.frames, content_hash(params, frames=video.frames)
+    return video.frames, content_hash(params, encoded=video.encoded)
 
-    root = Path(root)
-    gates = params["gates_per_frame"]
-    keys = [content_hash(root / c["path"], params, c.get("frames")) for c in clips]
-    todo = [i for i, k in enumerate(keys) if not store.has(k)]
+
+class _DetectAndFit:
+    """Detects clips here and fits them in a worker thread, `fit_batch_clips` at a time, overlapping the
+    detection of the next clips; saves each label under its key and records its row."""
+
+    def __init__(self, params: dict, backend, store: LabelStore, keys: list, rows: dict):
+        from dimo.labelling.body_models import make_backend
+
+        self.backend = backend or make_backend(params)
+        self.detector = det.Detector(det.DetectConfig.from_params(params.get("detect")))
+        self.cfg = fitting.FitConfig.from_params(params.get("fit"))
+        self.batch_n = max(1, int(params.get("fit_batch_clips", 4)))
+        self.gates = params["gates_per_frame"]
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: list[tuple[list[int], Future]] = []
+        self.batch: list[tuple[int, tuple]] = []
+        self.detect_s: dict[int, float] = {}
+        self.store, self.keys, self.rows = store, keys, rows
+
+    def add(self, i: int, clip: dict, frames: np.ndarray, t0: float) -> None:
+        d = self.detector.detect(frames)
+        self.detect_s[i] = time.perf_counter() - t0
+        meta = {k: v for k, v in clip.items() if k not in ("frames", "load")}
+        self.batch.append((i, ({**meta, "fps": float(clip.get("fps") or 0.0)}, d, frame_masks(d, self.gates))))
+        if len(self.batch) >= self.batch_n:
+            self.flush()
+        self.collect(block=False)
+
+    def flush(self) -> None:
+        if self.batch:
+            idx = [i for i, _ in self.batch]
+            items = [item for _, item in self.batch]
+            self.pending.append((idx, self.pool.submit(fit_batch, items, self.backend, self.cfg)))
+            self.batch.clear()
+
+    def collect(self, block: bool) -> None:
+        while self.pending and (block or self.pending[0][1].done()):
+            idx, fut = self.pending.pop(0)
+            for i, label in zip(idx, fut.result()):
+                self.store.save(self.keys[i], label)
+                self.rows[i] = {"cache_hit": False, "detect_seconds": self.detect_s[i],
+                                "fit_seconds": float(label["fit_seconds"])}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.detector.close()
+
+
+def label_clips(clips: list[dict], store: LabelStore, params: dict, backend=None, progress: bool = True) -> list[dict]:
+    """Label every clip: dicts with clip_id, path (reported, never opened), fps, num_frames and either `load`
+    (a callable returning a `dimo.datasets.Video`, e.g. a clip partition) or `frames`, uint8 (T, H, W, 3) in
+    memory (e.g. generated videos). One clip is decoded at a time. Returns one summary row per clip, in input
+    order. Cache hits are loaded from the store; misses are detected here and fitted in a worker thread in
+    batches of `fit_batch_clips` (the detector and body model load at the first miss)."""
+    keys: list[str] = [""] * len(clips)
     rows: dict[int, dict] = {}
-    for i, k in enumerate(keys):
-        if i not in todo:
-            rows[i] = {"cache_hit": True, "detect_seconds": 0.0, "fit_seconds": 0.0}
-    if todo:
-        backend = backend or make_backend(params)
-        detector = det.Detector(det.DetectConfig.from_params(params.get("detect")))
-        cfg = fitting.FitConfig.from_params(params.get("fit"))
-        batch_n = max(1, int(params.get("fit_batch_clips", 4)))
-        pool = ThreadPoolExecutor(max_workers=1)
-        pending: list[tuple[list[int], Future]] = []
-        batch: list[tuple[int, tuple]] = []
-        detect_s: dict[int, float] = {}
-
-        def flush():
-            if batch:
-                idx = [i for i, _ in batch]
-                pending.append((idx, pool.submit(fit_batch, [item for _, item in batch], backend, cfg)))
-                batch.clear()
-
-        def collect(block: bool):
-            while pending and (block or pending[0][1].done()):
-                idx, fut = pending.pop(0)
-                for i, label in zip(idx, fut.result()):
-                    store.save(keys[i], label)
-                    rows[i] = {"cache_hit": False, "detect_seconds": detect_s[i],
-                               "fit_seconds": float(label["fit_seconds"])}
-
-        try:
-            for i in tqdm(todo, desc="pseudo_label", disable=not progress):
-                c = clips[i]
-                t0 = time.perf_counter()
-                frames = c.get("frames")
-                if frames is None:
-                    try:
-                        frames, _ = video_io.read_video(root / c["path"])
-                    except (video_io.VideoReadError, FileNotFoundError) as err:
-                        log.warning("pseudo_label: %s cannot be read (%s): labelled as empty", c["path"], err)
-                        frames = np.zeros((int(c.get("num_frames") or 1), 16, 16, 3), np.uint8)
-                d = detector.detect(frames)
-                detect_s[i] = time.perf_counter() - t0
-                meta = {k: v for k, v in c.items() if k != "frames"}
-                batch.append((i, ({**meta, "fps": float(c.get("fps") or 0.0)}, d, frame_masks(d, gates))))
-                if len(batch) >= batch_n:
-                    flush()
-                collect(block=False)
-            flush()
-            collect(block=True)
-        finally:
-            pool.shutdown(wait=True)
-            detector.close()
+    labelled_now: set[str] = set()  # keys missing at the start stay misses (a duplicate clip is labelled again)
+    worker = None
+    try:
+        for i, c in enumerate(tqdm(clips, desc="pseudo_label", disable=not progress)):
+            t0 = time.perf_counter()
+            frames, keys[i] = _frames_and_key(c, params)
+            if keys[i] not in labelled_now and store.has(keys[i]):
+                rows[i] = {"cache_hit": True, "detect_seconds": 0.0, "fit_seconds": 0.0}
+                continue
+            labelled_now.add(keys[i])
+            worker = worker or _DetectAndFit(params, backend, store, keys, rows)
+            worker.add(i, c, frames, t0)
+            del frames
+        if worker:
+            worker.flush()
+            worker.collect(block=True)
+    finally:
+        if worker:
+            worker.close()
+    gates = params["gates_per_frame"]
     out = []
     for i, c in enumerate(clips):
         label = store.load(keys[i])
@@ -300,4 +306,4 @@ def fitted_hand_points(backend, label: dict) -> tuple[np.ndarray, np.ndarray]:
     return out, label["hand_valid"]
 
 
-__all__ = ["content_hash", "LabelStore", "LabelStoreDataset", "label_clips", "frame_table_rows"]
+__all__ = ["content_hash", "LabelStore", "label_clips", "frame_table_rows"]

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from dimo import video_io
+from dimo import clip_table, video_io
 from dimo.labelling import label_format
 from dimo.models import FrozenTextEncoder, LatentCodec, text_encoder
 from dimo.training import mixtures
@@ -27,8 +27,17 @@ def _video_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
 
 
-def prepare_codec(clips: pd.DataFrame, params: dict) -> tuple[LatentCodec, dict]:
-    """The video VAE: Wan's from `codec.pretrained_path`, or (toy scale) a tiny one fitted to the train clips."""
+def _clip_folders(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None) -> dict:
+    """clip_id -> loader for the table's clips (an error naming any clip id no folder holds)."""
+    loaders = clip_table.clip_loaders(synthetic_clips, ingested_clips)
+    clip_table.check_clips(list(clips["clip_id"]), loaders, "synthetic_clips / ingested_clips")
+    return loaders
+
+
+def prepare_codec(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
+                  params: dict) -> tuple[LatentCodec, dict]:
+    """The video VAE: Wan's from `codec.pretrained_path`, or (toy scale) a tiny one fitted to the train clips
+    (read through the clip folders by clip id)."""
     cfg = params["codec"]
     if cfg.get("pretrained_path"):
         return LatentCodec.from_pretrained(cfg["pretrained_path"]), {}
@@ -36,7 +45,8 @@ def prepare_codec(clips: pd.DataFrame, params: dict) -> tuple[LatentCodec, dict]
     torch.set_flush_denormal(True)  # CPU: denormal floats in small conv nets cost several times the time
     vae = LatentCodec.tiny(seed=params["seed"]).vae.requires_grad_(True).train()
     train = clips[clips["split"] == "train"]
-    videos = [_video_tensor(video_io.read_video(p)[0]) for p in train["path"]]
+    loaders = _clip_folders(train, synthetic_clips, ingested_clips)
+    videos = [_video_tensor(clip_table.load_clip(loaders, c).frames) for c in train["clip_id"]]
     n = cfg["toy_clip_frames"]  # short 1+4k-frame snippets: the causal VAE sees first-frame and later-frame cases
     rng = np.random.default_rng(params["seed"])
     gen = torch.Generator().manual_seed(params["seed"])
@@ -68,9 +78,8 @@ def prepare_codec(clips: pd.DataFrame, params: dict) -> tuple[LatentCodec, dict]
     return codec, {"codec_recon_psnr_db": {"value": psnr, "step": cfg["toy_steps"]}}
 
 
-def clip_entry(row, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: int) -> dict:
-    """The cache entry of one clip (all tensors; see docs/architecture.md, 'Latent cache')."""
-    frames, _ = video_io.read_video(row.path)
+def clip_entry(row, frames: np.ndarray, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: int) -> dict:
+    """The cache entry of one clip from its frames (all tensors; see docs/architecture.md, 'Latent cache')."""
     with torch.no_grad():
         latents = codec.encode(_video_tensor(frames))[0]
         emb, mask = texts.encode([row.caption])
@@ -96,13 +105,16 @@ def clip_entry(row, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: 
     }
 
 
-def encode_clips(clips: pd.DataFrame, codec: LatentCodec, params: dict) -> tuple[dict[str, Callable], dict]:
-    """Lazy cache entries (one clip encoded at a time while the catalog saves them) and a manifest."""
+def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
+                 codec: LatentCodec, params: dict) -> tuple[dict[str, Callable], dict]:
+    """Lazy cache entries (one clip read and encoded at a time while the catalog saves them) and a manifest."""
     codec.eval()
     texts = text_encoder.from_spec(params["text_encoder"])
+    loaders = _clip_folders(clips, synthetic_clips, ingested_clips)
 
     def entry(row) -> Callable[[], dict]:
-        return lambda: clip_entry(row, codec, texts, params["driving_size"])
+        return lambda: clip_entry(row, clip_table.load_clip(loaders, row.clip_id).frames, codec, texts,
+                                  params["driving_size"])
 
     cache = {row.clip_id: entry(row) for row in clips.itertuples()}
     c, f, h, w = codec.latent_shape(int(clips["num_frames"].iloc[0]), int(clips["height"].iloc[0]),

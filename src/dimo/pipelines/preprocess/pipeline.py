@@ -6,9 +6,10 @@ from .nodes import build_training_pairs, encode_clips, prepare_codec
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(prepare_codec, ["labelled_clip_table", "params:preprocess"], ["latent_codec", "codec_metrics"],
-                 name="prepare_codec"),
-            Node(encode_clips, ["labelled_clip_table", "latent_codec", "params:preprocess"],
+            Node(prepare_codec, ["labelled_clip_table", "synthetic_clips", "ingested_clips", "params:preprocess"],
+                 ["latent_codec", "codec_metrics"], name="prepare_codec"),
+            Node(encode_clips, ["labelled_clip_table", "synthetic_clips", "ingested_clips", "latent_codec",
+                                "params:preprocess"],
                  ["latent_cache", "preprocess_manifest"], name="encode_clips"),
             Node(build_training_pairs, ["labelled_clip_table", "params:training"], "training_pairs",
                  name="build_training_pairs"),

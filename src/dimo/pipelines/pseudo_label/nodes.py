@@ -4,11 +4,11 @@ and the accuracy report against synthetic ground truth."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from functools import partial
 
-import numpy as np
 import pandas as pd
 
+from dimo import clip_table
 from dimo.labelling import accuracy, labeller, quality
 from dimo.labelling import label_format as lf
 
@@ -20,11 +20,16 @@ INDEX_COLUMNS = ["clip_id", "path", "content_hash", "label_path", "cache_hit", "
                  "detect_seconds", "fit_seconds"]
 
 
-def label_clips(clips: pd.DataFrame, store: labeller.LabelStore, params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Label every validated clip (cache hits are read back); one index row per clip and one row per frame."""
+def label_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
+                store: labeller.LabelStore, params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Label every validated clip, read through the clip folders by clip id (cache hits are read back); one
+    index row per clip and one row per frame. A clip id no folder holds is an error naming it."""
+    loaders = clip_table.clip_loaders(synthetic_clips, ingested_clips)
     records = clips[["clip_id", "path", "fps", "num_frames"]].to_dict("records") if len(clips) else []
-    rows = labeller.label_clips(records, store, params, root=params.get("project_root", "."),
-                                progress=params.get("progress", True))
+    clip_table.check_clips([r["clip_id"] for r in records], loaders, "synthetic_clips / ingested_clips")
+    for r in records:
+        r["load"] = partial(clip_table.load_clip, loaders, r["clip_id"])
+    rows = labeller.label_clips(records, store, params, progress=params.get("progress", True))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS) if rows else pd.DataFrame(columns=INDEX_COLUMNS)
     frames = [pd.DataFrame(labeller.frame_table_rows(r["clip_id"], lf.load_label(r["label_path"]))) for r in rows]
     frame_table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
@@ -65,23 +70,23 @@ def apply_label_gate(clips: pd.DataFrame, index: pd.DataFrame, quarantine: pd.Da
     return keep, metrics
 
 
-def evaluate_label_accuracy(clips: pd.DataFrame, index: pd.DataFrame, params: dict):
-    """MPJPE / PA-MPJPE / hand error / detection rate by camera azimuth on synthetic clips (skipped without)."""
+def evaluate_label_accuracy(clips: pd.DataFrame, index: pd.DataFrame, ground_truth: dict | None, params: dict):
+    """MPJPE / PA-MPJPE / hand error / detection rate by camera azimuth on synthetic clips (skipped without),
+    against their ground truth read through `synthetic_ground_truth` by clip id."""
     from dimo.labelling.body_models import make_backend
 
     cfg = params.get("accuracy", {})
-    root = Path(params.get("project_root", "."))
+    ground_truth = ground_truth or {}
     syn = clips[(clips.get("source") == "synthetic") & clips["gt_path"].notna()] if len(clips) else clips
     syn = syn.merge(index[["clip_id", "label_path"]], on="clip_id") if len(syn) else syn
     per_clip, az = [], []
     backend = make_backend(params) if len(syn) else None
     for _, row in syn.iterrows():
-        gt_file = root / row["gt_path"]
-        if not gt_file.is_file():
-            log.warning("pseudo_label accuracy: %s missing", gt_file)
+        if row["clip_id"] not in ground_truth:
+            log.warning("pseudo_label accuracy: clip %s has no ground truth in synthetic_ground_truth",
+                        row["clip_id"])
             continue
-        with np.load(gt_file, allow_pickle=False) as z:
-            gt = {k: z[k] for k in z.files}
+        gt = ground_truth[row["clip_id"]]()
         label = lf.load_label(row["label_path"])
         if str(label["body_model"]) == backend.name == "anny":
             label["fit_hand_points"] = labeller.fitted_hand_points(backend, label)[0]

@@ -6,7 +6,8 @@ from .nodes import apply_label_gate, evaluate_label_accuracy, gate_labels, label
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(label_clips, ["validated_clip_table", "pseudo_label_store", "params:pseudo_label"],
+            Node(label_clips, ["validated_clip_table", "synthetic_clips", "ingested_clips", "pseudo_label_store",
+                               "params:pseudo_label"],
                  ["pseudo_label_index", "pseudo_label_frames"], name="label_clips"),
             # The quarantine is saved before the gate node runs, so its reasons can always be read.
             Node(gate_labels, ["pseudo_label_index", "pseudo_label_frames", "params:pseudo_label"],
@@ -14,7 +15,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(apply_label_gate, ["validated_clip_table", "pseudo_label_index", "pseudo_label_quarantine",
                                     "params:pseudo_label"],
                  ["labelled_clip_table", "pseudo_label_metrics"], name="apply_label_gate"),
-            Node(evaluate_label_accuracy, ["validated_clip_table", "pseudo_label_index", "params:pseudo_label"],
+            Node(evaluate_label_accuracy, ["validated_clip_table", "pseudo_label_index", "synthetic_ground_truth",
+                                            "params:pseudo_label"],
                  ["pseudo_label_accuracy", "pseudo_label_accuracy_metrics", "pseudo_label_accuracy_plot"],
                  name="evaluate_label_accuracy"),
         ]

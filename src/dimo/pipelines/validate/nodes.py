@@ -33,16 +33,19 @@ def _content_stats(frames: np.ndarray) -> tuple[float, float]:
     return pixel_std, motion
 
 
-def profile_clips(table: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """Decode every clip once and add what the suite checks: observed fps/size/length, content statistics,
-    and per-group facts (views per group, frame-count spread)."""
+def profile_clips(table: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
+                  params: dict) -> pd.DataFrame:
+    """Decode every clip once (through the clip folders' partitions, by clip id) and add what the suite checks:
+    observed fps/size/length, content statistics, and per-group facts (views per group, frame-count spread).
+    A clip that cannot be read, or whose clip id no folder holds, is undecodable with the reason."""
+    loaders = clip_table.clip_loaders(synthetic_clips, ingested_clips)
     stats = []
-    for path in tqdm(table["path"], desc="profile clips", disable=len(table) < 2):
+    for clip_id in tqdm(table["clip_id"], desc="profile clips", disable=len(table) < 2):
         try:
-            frames, fps = video_io.read_video(path)
+            frames, fps = clip_table.load_clip(loaders, clip_id, "synthetic_clips / ingested_clips")[:2]
             std, motion = _content_stats(frames)
             stats.append((True, "", fps, len(frames), frames.shape[1], frames.shape[2], std, motion))
-        except (video_io.VideoReadError, FileNotFoundError) as err:
+        except (video_io.VideoReadError, FileNotFoundError, clip_table.MissingClipError) as err:
             stats.append((False, str(err), np.nan, 0, 0, 0, np.nan, np.nan))
     prof = pd.concat([table.reset_index(drop=True), pd.DataFrame(stats, columns=PROFILE_COLUMNS)], axis=1)
     prof = prof.astype({"decodable": bool, "observed_frames": "int64", "observed_height": "int64",
