@@ -65,8 +65,7 @@ def apply_schedule(params: dict, best: dict) -> dict:
 def effective_params(stage: str, params: dict, sweep_best=NOT_LOADED) -> dict:
     """`params`, or with `geometric_loss_from_sweep: true` the sweep's best schedule applied (stage1..3 only:
     pretraining has no geometric loss). `sweep_best` is what the `annealing_best_params` dataset loaded: a dict,
-    or None / a falsy `dimo.datasets.Absent` naming the file when it does not exist (an error: the flag asks for
-    it). A caller that does not load the dataset (the ablation) leaves it at `stages.NOT_LOADED`."""
+    or None when the file does not exist (an error: the flag asks for it). A caller that does not load the dataset (the ablation) leaves it at `stages.NOT_LOADED`."""
     if not params.get("geometric_loss_from_sweep", False) or stage not in PAPER_STAGES:
         return params
     if sweep_best is NOT_LOADED:  # e.g. the ablation runs: their own schedule
@@ -74,8 +73,8 @@ def effective_params(stage: str, params: dict, sweep_best=NOT_LOADED) -> dict:
                     "training.geometric_loss is used as configured", stage)
         return params
     if not sweep_best:  # the file does not exist
-        where = getattr(sweep_best, "path", None) or "the annealing_best_params file (conf catalog)"
-        raise FileNotFoundError(f"{stage}: training.geometric_loss_from_sweep is true but {where} does not exist: "
+        raise FileNotFoundError(f"{stage}: training.geometric_loss_from_sweep is true but the annealing_best_params "
+                                "file (conf/base/catalog_annealing_sweep.yml) does not exist: "
                                 "run `kedro run --pipelines=annealing_sweep` first (same --env), or set "
                                 "training.geometric_loss_from_sweep: false")
     out = apply_schedule(params, sweep_best)
