@@ -153,16 +153,25 @@ def open_sweep(storage: StudyStorage, clips: pd.DataFrame, training: dict, sweep
     return study, objective, val_pairs
 
 
+def shown_path(path: Path) -> str:
+    """A path as the project records it: relative to the working directory (the project root) when inside it.
+    Kedro hands datasets absolute paths; the best-params file and the MLflow tags keep the portable form."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_worker(storage: StudyStorage, clips: pd.DataFrame, pairs: pd.DataFrame, cache: dict, codec,
                manifest: dict, deepspeed_config: dict, training: dict, sweep: dict) -> dict:
     """Run this worker's share of the study: trials until the study holds `n_trials` finished ones. Returns what
     the export nodes need to find the study (name, storage file, objective, n_trials, whether lr was swept)."""
     study, objective, val_pairs = open_sweep(storage, clips, training, sweep)
-    name, metric = study.study_name, objective["metric"]
+    name, metric, where = study.study_name, objective["metric"], shown_path(storage.path)
     stage1_init, start_desc = stage1_start(training, storage)
     parent = mlflow.active_run()
     if parent is not None:
-        mlflow.set_tags({"annealing_sweep.study": name, "annealing_sweep.storage": str(storage.path),
+        mlflow.set_tags({"annealing_sweep.study": name, "annealing_sweep.storage": where,
                          "annealing_sweep.metric": metric, "annealing_sweep.direction": objective["direction"],
                          "annealing_sweep.stage1_init": start_desc})
     n_trials = int(sweep["n_trials"])
@@ -171,7 +180,7 @@ def run_worker(storage: StudyStorage, clips: pd.DataFrame, pairs: pd.DataFrame, 
     baseline = baseline_schedule(training, sweep["search_space"]) if sweep.get("enqueue_current") else None
     done = sweep_study.finished_count(study)
     log.info("annealing sweep: study %s in %s, %d of %d trials finished, objective %s (%s) on %d %s pairs",
-             name, storage.path, done, n_trials, metric, objective["direction"], len(val_pairs),
+             name, where, done, n_trials, metric, objective["direction"], len(val_pairs),
              sweep["evaluation"]["split"])
     states: dict[str, int] = {}
     bar = tqdm(total=max(n_trials - done, 0), desc="annealing sweep", unit="trial")
@@ -193,5 +202,5 @@ def run_worker(storage: StudyStorage, clips: pd.DataFrame, pairs: pd.DataFrame, 
         mlflow.log_metrics({f"annealing_sweep.this_run.{k.lower()}": v for k, v in states.items()})
     log.info("annealing sweep: this run finished %s; no trial left to start (n_trials = %d, counting trials "
              "other workers are running)", states or "no trial", n_trials)
-    return {"study_name": name, "storage": str(storage.path), **objective, "n_trials": n_trials,
+    return {"study_name": name, "storage": where, **objective, "n_trials": n_trials,
             "lr_swept": bool(sweep["search_space"].get("lr"))}
