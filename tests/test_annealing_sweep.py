@@ -20,8 +20,12 @@ from optuna.trial import TrialState
 from dimo.datasets import Absent, OptionalYAMLDataset
 from dimo.models.schedules import AnnealSchedule
 from dimo.pipeline_registry import DEFAULT_CHAIN
-from dimo.pipelines.annealing_sweep import nodes as sweep_nodes
+from dimo.sweeps import objective as sweep_objective
+from dimo.sweeps import proxy as sweep_proxy
+from dimo.sweeps import study as sweep_study
+from dimo.sweeps.study_dataset import OptunaStudyDataset
 from dimo.training import nodes as train_nodes
+from dimo.training.stages import PAPER_STAGES, StageResult
 from tests.conftest import VENV_BIN, run_cli, smoke_project
 
 STORAGE = "data/06_models/optuna/annealing_sweep.db"
@@ -144,24 +148,29 @@ def tracking(tmp_path):
 def test_median_pruner_stops_a_bad_trial_after_its_first_stage(tmp_path, tracking):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="minimize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    trained = []
+    trained, closed = [], []
 
     def objective_with(values):
-        def train(stage, schedule):
-            trained.append(stage)
-            return stage
+        def chain(schedule):  # what run_chain yields: one StageResult per stage, trained when asked for
+            try:
+                for stage in PAPER_STAGES:
+                    trained.append(stage)
+                    yield StageResult(stage, stage, {"schedule": schedule}, None)
+            finally:
+                closed.append(True)
 
-        return lambda trial: sweep_nodes.run_trial(trial, SPACE, "lpips_alex", train,
+        return lambda trial: sweep_proxy.run_trial(trial, SPACE, "lpips_alex", chain,
                                                    lambda stage: {"lpips_alex": values[stage]})
 
     good = {"stage1": 0.5, "stage2": 0.4, "stage3": 0.3}
     with mlflow.start_run(run_name="sweep") as parent:
         for values in (good, {k: v + 0.01 for k, v in good.items()}):
-            assert sweep_nodes.execute_trial(study, study.ask(), objective_with(values), True) == TrialState.COMPLETE
-        trained.clear()
+            assert sweep_study.execute_trial(study, study.ask(), objective_with(values), True) == TrialState.COMPLETE
+        assert trained == list(PAPER_STAGES) * 2 and len(closed) == 2
+        trained.clear(), closed.clear()
         bad = {"stage1": 0.9, "stage2": 0.9, "stage3": 0.9}
-        assert sweep_nodes.execute_trial(study, study.ask(), objective_with(bad), True) == TrialState.PRUNED
-    assert trained == ["stage1"]  # pruned before stage 2 was trained
+        assert sweep_study.execute_trial(study, study.ask(), objective_with(bad), True) == TrialState.PRUNED
+    assert trained == ["stage1"] and closed == [True]  # pruned before stage 2 was trained; the chain was closed
     runs = {r.info.run_name: r for r in trial_runs(parent.info.run_id)}
     assert runs["trial-2"].data.tags["optuna.state"] == "PRUNED" and "median" in runs["trial-2"].data.tags[
         "optuna.pruned_because"]
@@ -171,12 +180,13 @@ def test_median_pruner_stops_a_bad_trial_after_its_first_stage(tmp_path, trackin
 
 WORKER = textwrap.dedent("""
     import sys, time, optuna
-    from dimo.pipelines.annealing_sweep import nodes
+    from dimo.sweeps import study as sweep_study
+    from dimo.sweeps.study_dataset import OptunaStudyDataset
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage, n = sys.argv[1], int(sys.argv[2])
+    storage, n = OptunaStudyDataset(sys.argv[1]).load(), int(sys.argv[2])
     sweep = {"seed": 0, "sampler": {}, "pruner": {}}
-    study = nodes.open_study("parallel", storage, "minimize", sweep)
-    while (trial := nodes.claim_trial(study, n, storage + ".lock", sweep)) is not None:
+    study = sweep_study.open_study(storage, "parallel", "minimize", sweep)
+    while (trial := sweep_study.claim_trial(study, storage, n, sweep)) is not None:
         x = trial.suggest_float("x", 0, 1)
         time.sleep(0.2)
         study.tell(trial, x)
@@ -195,15 +205,20 @@ def test_parallel_workers_never_run_more_than_n_trials(tmp_path):
 
 
 def test_a_trial_left_running_by_a_dead_worker_is_failed_and_its_slot_rerun(tmp_path):
-    storage = str(tmp_path / "study.db")
+    dataset = OptunaStudyDataset(str(tmp_path / "study.db"))
+    assert not dataset.exists()  # the sweep creates the file
+    storage = dataset.load()
     sweep = {"seed": 0, "sampler": {}, "pruner": {}}
-    study = sweep_nodes.open_study("s", storage, "minimize", sweep)
+    study = sweep_study.open_study(storage, "s", "minimize", sweep)
+    assert dataset.exists() and storage.lock_path == tmp_path / "study.db.lock"
     orphan = study.ask()
     orphan.set_user_attr("worker", f"{os.uname().nodename}:999999999:0")  # no such process
-    trial = sweep_nodes.claim_trial(study, 1, storage + ".lock", sweep)
+    trial = sweep_study.claim_trial(study, storage, 1, sweep)
     assert trial is not None and trial.number == 1
     assert study.trials[0].state == TrialState.FAIL
-    assert sweep_nodes.claim_trial(study, 1, storage + ".lock", sweep) is None  # its own slot is taken now
+    assert sweep_study.claim_trial(study, storage, 1, sweep) is None  # its own slot is taken now
+    with pytest.raises(ValueError, match="was created to minimize"):  # a study never changes direction
+        sweep_study.open_study(storage, "s", "maximize", sweep)
 
 
 def test_objective_falls_back_to_psnr_when_lpips_weights_are_missing(tmp_path, write_clip):
@@ -212,13 +227,13 @@ def test_objective_falls_back_to_psnr_when_lpips_weights_are_missing(tmp_path, w
     sweep = {"objective": {"metric": "lpips_alex", "direction": "minimize",
                            "fallback": {"metric": "psnr", "direction": "maximize"}},
              "evaluation": {"weights": {"lpips_dir": str(tmp_path / "no-weights")}}}
-    assert sweep_nodes.choose_objective(pairs, sweep) == ("psnr", "maximize")
+    assert sweep_objective.choose_objective(pairs, sweep) == ("psnr", "maximize")
     sweep["objective"]["fallback"] = None
     with pytest.raises(ValueError, match=r"lpips_alex cannot be computed .*no-weights"):
-        sweep_nodes.choose_objective(pairs, sweep)
+        sweep_objective.choose_objective(pairs, sweep)
     sweep["objective"]["direction"] = "maximize"
     with pytest.raises(ValueError, match="lpips_alex should be minimized"):
-        sweep_nodes.choose_objective(pairs, sweep)
+        sweep_objective.choose_objective(pairs, sweep)
 
 
 def training_params() -> dict:
@@ -254,15 +269,15 @@ def test_proxy_trains_the_budget_from_the_trial_folder_and_study_names_follow_wh
     sweep = {"budget": {"stage1": 1, "stage2": 2, "stage3": 2}, "scale_end_step": True, "search_space": SPACE,
              "seed": 0, "evaluation": {"split": "val"}, "n_trials": 3}
     schedule = {"start": 0.2, "end_step": 10, "shape": "cosine"}
-    params = sweep_nodes.proxy_training_params(training_params(), schedule, sweep, tmp_path, "/base")
+    params = sweep_proxy.proxy_training_params(training_params(), schedule, sweep, tmp_path, "/base")
     assert params["geometric_loss"] == {"start": 0.2, "end": 0.0, "end_step": 5, "shape": "cosine"}  # 10 x 5/10
     assert [params["stages"][s]["steps"] for s in ("stage1", "stage2", "stage3")] == [1, 2, 2]
     assert [params["stages"][s]["init"] for s in ("stage1", "stage2", "stage3")] == \
         ["/base", str(tmp_path / "stage1"), str(tmp_path / "stage2")]
     assert params["checkpoint_dir"] == str(tmp_path / "checkpoints") and not params["geometric_loss_from_sweep"]
-    name = sweep_nodes.study_name(sweep, training_params(), "psnr", "maximize")
+    name = sweep_study.study_name(sweep, training_params(), "psnr", "maximize")
     assert name.startswith("annealing_sweep-")
-    assert sweep_nodes.study_name({**sweep, "n_trials": 9}, training_params(), "psnr", "maximize") == name
-    assert sweep_nodes.study_name({**sweep, "budget": {**sweep["budget"], "stage3": 3}}, training_params(), "psnr",
+    assert sweep_study.study_name({**sweep, "n_trials": 9}, training_params(), "psnr", "maximize") == name
+    assert sweep_study.study_name({**sweep, "budget": {**sweep["budget"], "stage3": 3}}, training_params(), "psnr",
                                   "maximize") != name
-    assert sweep_nodes.study_name(sweep, training_params(), "lpips_alex", "minimize") != name
+    assert sweep_study.study_name(sweep, training_params(), "lpips_alex", "minimize") != name

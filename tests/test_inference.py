@@ -151,6 +151,50 @@ def test_stabilize_uses_the_first_frame_and_a_static_camera(store):
     assert res.prompt.endswith("The camera remains static.")
 
 
+def _dit_inputs(dimo, run) -> list[torch.Tensor]:
+    """Every hidden-states tensor the generator is called with while `run()` samples (a forward pre-hook)."""
+    seen = []
+    handle = dimo.model.generator.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def _encoded(dimo, frame: np.ndarray) -> torch.Tensor:
+    """The reference latent of one RGB frame at the output size (32x48), encoded by the model's codec."""
+    H, W = video_io.target_size(*frame.shape[:2], AREA, 16)
+    rgb = torch.from_numpy(video_io.resize_frames(frame[None], H, W)[0]).permute(2, 0, 1)[None].float()
+    return dimo.codec.encode_image(rgb / 127.5 - 1.0)  # (1, 16, 1, h, w)
+
+
+def _reference_channels(x: torch.Tensor) -> torch.Tensor:
+    """DiT input [noisy (16) | mask (4) | reference (16)] -> its reference channels; checks the frame-0 mask."""
+    assert x.shape[1] == 36 and (x[:, 16:20, 0] == 1).all() and (x[:, 16:20, 1:] == 0).all()
+    return x[:, 20:]
+
+
+def test_the_reference_image_is_latent_frame_0_of_the_conditioning(store):
+    """animate conditions every sampling step on the given image (not on the driving video's first frame) as
+    latent frame 0, zeros after; stabilize conditions on the first driving frame."""
+    root, dimo = store["root"], store["model"]
+    reference = inference.read_image(root / "ref.png")
+    drive16, drive24 = (inference.read_video(root / name)[0] for name in ("drive16.mp4", "drive24.mp4"))
+    want = _encoded(dimo, reference)
+    assert not torch.allclose(want, _encoded(dimo, drive16[0]), atol=1e-3)  # the two candidates differ
+    seen = _dit_inputs(dimo, lambda: dimo.animate(root / "ref.png", root / "drive16.mp4", options=OPTS))
+    assert len(seen) == OPTS.num_steps  # one (batched) generator call per Euler step
+    for x in seen:
+        ref = _reference_channels(x)
+        assert torch.allclose(ref[:, :, :1], want.expand(len(x), -1, -1, -1, -1), atol=1e-5)
+        assert (ref[:, :, 1:] == 0).all()
+    seen = _dit_inputs(dimo, lambda: dimo.stabilize(root / "drive24.mp4", options=OPTS))
+    want = _encoded(dimo, drive24[0])
+    for x in seen:
+        assert torch.allclose(_reference_channels(x)[:, :, :1], want.expand(len(x), -1, -1, -1, -1), atol=1e-5)
+
+
 def _cli(args, store, timeout=300):
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}
     return subprocess.run([str(VENV_BIN / "python"), "-m", "dimo.inference_cli", *args], cwd=store["root"], env=env,

@@ -251,23 +251,10 @@ class Posed:
     keypoints: np.ndarray  # (T, 23, 3) Anny's COCO keypoints
 
 
-def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: HandAnimation) -> Posed:
-    """Drive Anny (with a phenotype) by a DeepMimic window and a hand animation; returns the posed sequence."""
-    import torch
-
-    from dimo.synthesis import body
-
-    sk = Skeleton(model.bone_labels, model.bone_parents)
-    T = len(window.root_pos)
-    with torch.no_grad():
-        rest = model(phenotype_kwargs=phenotype)
-    R_rest = rest["rest_bone_poses"][0, :, :3, :3].double().numpy()
-    heads = rest["rest_bone_heads"][0].double().numpy()
-    h = lambda b: heads[sk.index[b]]  # noqa: E731
+def _rest_alignment(h) -> dict[str, np.ndarray]:
+    """Per limb bone, the rotation A taking Anny's A-pose limb to DeepMimic's straight-down I-pose: the upper
+    segment first, then the lower one about its joint (unbends the elbow without twisting the forearm)."""
     down = np.array([0.0, 0.0, -1.0])
-
-    # Rest alignment: Anny's A-pose limbs -> DeepMimic's straight-down I-pose, upper segment first, then the
-    # lower one about its joint (unbends the elbow without twisting the forearm).
     align = {}
     for s in ("L", "R"):
         a_up = _rotation_between(h(f"lowerarm01.{s}") - h(f"upperarm01.{s}"), down)
@@ -277,9 +264,11 @@ def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: Hand
         align.update({f"upperarm01.{s}": a_up, f"upperarm02.{s}": a_up, f"lowerarm01.{s}": a_lo,
                       f"lowerarm02.{s}": a_lo, f"upperleg01.{s}": l_up, f"upperleg02.{s}": l_up,
                       f"lowerleg01.{s}": l_lo, f"lowerleg02.{s}": l_lo, f"foot.{s}": l_lo})
+    return align
 
-    # DeepMimic link world rotations (T, 3, 3), then into Anny's world.
-    r = window.rot
+
+def _link_world_rotations(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """DeepMimic's per-link world rotations (T, 3, 3), composed down its kinematic tree from local ones."""
     Q = {"root": r["root"]}
     Q["chest"] = Q["root"] @ r["chest"]
     Q["neck"] = Q["chest"] @ r["neck"]
@@ -289,6 +278,13 @@ def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: Hand
         Q[f"{side}_ankle"] = Q[f"{side}_knee"] @ r[f"{side}_ankle"]
         Q[f"{side}_shoulder"] = Q["chest"] @ r[f"{side}_shoulder"]
         Q[f"{side}_elbow"] = Q[f"{side}_shoulder"] @ r[f"{side}_elbow"]
+    return Q
+
+
+def _driven_bones(r: dict[str, np.ndarray], align: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """World deltas G of the Anny bones DeepMimic drives, in Anny's world: root, spine and neck (sharing the
+    chest / neck rotation by fractions), and the limbs after their rest alignment."""
+    Q = _link_world_rotations(r)
     to_anny = lambda M: C @ M @ C.T  # noqa: E731
 
     driven: dict[str, np.ndarray] = {"root": to_anny(Q["root"])}
@@ -303,8 +299,13 @@ def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: Hand
     for s, side in (("L", "left"), ("R", "right")):
         for bone, link in links.items():
             driven[f"{bone}.{s}"] = to_anny(Q[f"{side}_{link}"]) @ align[f"{bone}.{s}"]
+    return driven
 
-    # Hand frames at rest: along the hand, across the knuckles, palm normal (towards the palm side).
+
+def _hand_rotations(h, heads: np.ndarray, R_rest: np.ndarray, sk: Skeleton, hands: HandAnimation
+                    ) -> dict[str, np.ndarray]:
+    """Local rotations (T, 3, 3) of wrists and finger segments from the hand animation, about axes of each
+    hand's rest frame: along the hand, across the knuckles, palm normal (towards the palm side)."""
     local_rot: dict[str, np.ndarray] = {}
     for hand_i, s in enumerate(("L", "R")):
         along = h(f"finger3-1.{s}") - h(f"wrist.{s}")
@@ -322,8 +323,12 @@ def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: Hand
                 axis = np.cross(tip - h(b), palm)
                 axis /= np.linalg.norm(axis)
                 local_rot[b] = Rotation.from_rotvec(hands.curls[:, hand_i, f, seg, None] * axis[None]).as_matrix()
+    return local_rot
 
-    # World deltas G in depth order: driven bones take theirs, others follow the parent (plus local motion).
+
+def _world_orient_pose(sk: Skeleton, T: int, driven: dict, local_rot: dict, R_rest: np.ndarray) -> np.ndarray:
+    """(T, B, 4, 4) 'world-orient' pose parameters W = G R_rest, the world deltas G in depth order: driven bones
+    take theirs, others follow the parent (plus their local motion). The root translation is left at zero."""
     G = np.zeros((T, len(sk.labels), 3, 3))
     for i, b in enumerate(sk.labels):  # Anny lists parents before children
         if b in driven:
@@ -335,16 +340,20 @@ def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: Hand
     D = np.zeros((T, len(sk.labels), 4, 4))
     D[..., :3, :3] = G @ R_rest[None]
     D[..., 3, 3] = 1.0
-    leg = sum(np.linalg.norm(h(f"{b}.L") - h(f"{a}.L")) for a, b in (("upperleg01", "lowerleg01"),
-                                                                    ("lowerleg01", "foot")))
-    root = (C @ window.root_pos.T).T * (leg / DM_LEG_LENGTH)
-    D[:, 0, :3, 3] = root
+    return D
+
+
+def _pose_anny(model, D: np.ndarray, phenotype: dict[str, float]) -> Posed:
+    """Run Anny on world-orient pose parameters; ground at the clip's lowest point and the performance centred
+    horizontally (cameras aim at the origin)."""
+    import torch
+
+    from dimo.synthesis import body
 
     with torch.no_grad():
         out = model(pose_parameters=torch.as_tensor(D, dtype=model.dtype), phenotype_kwargs=phenotype,
                     pose_parameterization="world-orient")
         verts = out["vertices"]
-        # Ground at the clip's lowest point; the performance centred horizontally (cameras aim at the origin).
         shift = torch.zeros(3, dtype=verts.dtype)
         shift[2] = -verts[..., 2].min()
         shift[:2] = -out["bone_poses"][:, 0, :2, 3].mean(0)
@@ -355,3 +364,23 @@ def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: Hand
         kp = body.coco_regressor()(out)
     return Posed(out["vertices"].float().numpy(), out["bone_poses"].double().numpy(),
                  local.double().numpy(), kp.float().numpy())
+
+
+def retarget(model, window: ClipWindow, phenotype: dict[str, float], hands: HandAnimation) -> Posed:
+    """Drive Anny (with a phenotype) by a DeepMimic window and a hand animation; returns the posed sequence."""
+    import torch
+
+    sk = Skeleton(model.bone_labels, model.bone_parents)
+    with torch.no_grad():
+        rest = model(phenotype_kwargs=phenotype)
+    R_rest = rest["rest_bone_poses"][0, :, :3, :3].double().numpy()
+    heads = rest["rest_bone_heads"][0].double().numpy()
+    h = lambda b: heads[sk.index[b]]  # noqa: E731
+
+    driven = _driven_bones(window.rot, _rest_alignment(h))
+    D = _world_orient_pose(sk, len(window.root_pos), driven, _hand_rotations(h, heads, R_rest, sk, hands), R_rest)
+    # The root follows DeepMimic's path, scaled by the ratio of leg lengths.
+    leg = sum(np.linalg.norm(h(f"{b}.L") - h(f"{a}.L")) for a, b in (("upperleg01", "lowerleg01"),
+                                                                    ("lowerleg01", "foot")))
+    D[:, 0, :3, 3] = (C @ window.root_pos.T).T * (leg / DM_LEG_LENGTH)
+    return _pose_anny(model, D, phenotype)
