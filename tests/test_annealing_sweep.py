@@ -17,13 +17,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from dimo.datasets import Absent, OptionalYAMLDataset
+from dimo.datasets import OptionalYAMLDataset
 from dimo.models.schedules import AnnealSchedule
 from dimo.pipeline_registry import DEFAULT_CHAIN
 from dimo.sweeps import objective as sweep_objective
 from dimo.sweeps import proxy as sweep_proxy
 from dimo.sweeps import study as sweep_study
-from dimo.sweeps.study_dataset import OptunaStudyDataset
+from dimo.datasets import OptunaStudyDataset
 from dimo.training import nodes as train_nodes
 from dimo.training.stages import PAPER_STAGES, StageResult
 from tests.conftest import VENV_BIN, run_cli, smoke_project
@@ -181,7 +181,7 @@ def test_median_pruner_stops_a_bad_trial_after_its_first_stage(tmp_path, trackin
 WORKER = textwrap.dedent("""
     import sys, time, optuna
     from dimo.sweeps import study as sweep_study
-    from dimo.sweeps.study_dataset import OptunaStudyDataset
+    from dimo.datasets import OptunaStudyDataset
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, n = OptunaStudyDataset(sys.argv[1]).load(), int(sys.argv[2])
     sweep = {"seed": 0, "sampler": {}, "pruner": {}}
@@ -243,10 +243,10 @@ def training_params() -> dict:
                        for s, n in (("pretrain", 4), ("stage1", 4), ("stage2", 4), ("stage3", 2))}}
 
 
-def test_best_params_apply_only_with_the_flag_and_a_missing_file_names_its_path(tmp_path):
+def test_best_params_apply_only_with_the_flag_and_a_missing_file_says_what_to_run(tmp_path):
     path = tmp_path / "best.yml"
-    assert isinstance(OptionalYAMLDataset(str(path)).load(), Absent)
-    with pytest.raises(FileNotFoundError, match=rf"{path} does not exist: run `kedro run --pipelines=annealing_sweep`"):
+    assert OptionalYAMLDataset(str(path)).load() is None
+    with pytest.raises(FileNotFoundError, match=r"annealing_best_params file .* does not exist: run `kedro run --pipelines=annealing_sweep`"):
         train_nodes.effective_params("stage2", training_params(), OptionalYAMLDataset(str(path)).load())
     OptionalYAMLDataset(str(path)).save({"study": "s", "trial": 3, "lr": 2e-3,
                                          "geometric_loss": {"start": 0.3, "end_step": 9, "shape": "step"}})
@@ -256,7 +256,7 @@ def test_best_params_apply_only_with_the_flag_and_a_missing_file_names_its_path(
     assert params["lr"] == 2e-3 and "lr" not in params["stages"]["stage2"]  # the swept rate, every stage
     assert train_nodes.effective_params("pretrain", training_params(), best)["lr"] == 1e-3
     off = {**training_params(), "geometric_loss_from_sweep": False}
-    assert train_nodes.effective_params("stage2", off, Absent(path)) is off  # the file is ignored
+    assert train_nodes.effective_params("stage2", off, None) is off  # the file is ignored
     on = training_params()
     assert train_nodes.effective_params("stage2", on) is on  # a caller without the dataset (ablations)
     with pytest.raises(FileNotFoundError, match="the annealing_best_params file"):  # loaded as None: missing

@@ -1,5 +1,5 @@
 """The project's Kedro datasets, all in this one module: a video file, an .npz file, the label cache folder,
-tensors and model folders, and the optional files and folders that may not exist yet.
+tensors and model folders, the Optuna study's storage, and the optional files and folders that may not exist yet.
 
 Optional datasets (`Optional*`) share one behaviour: `load()` returns None when the file or folder does not
 exist (logged at INFO with the path), so callers test `is None`; saving works as for the plain dataset."""
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -267,3 +268,51 @@ class OptionalPartitionedDataset(_NoneWhenMissing, PartitionedDataset):
     def _exists(self) -> bool:
         self._invalidate_caches()  # list afresh: another node or process may have written partitions since
         return super()._exists()
+
+
+# --- the annealing sweep's Optuna study (conf/base/catalog_annealing_sweep.yml: annealing_sweep_study) ---------
+# The study's name is derived at run time (from the objective and the training setup), so the dataset loads the
+# handle of the sqlite file that holds every study of the sweep, with the lock file beside it that workers share.
+# Trials are written through Optuna while the sweep runs, never by `save`.
+@dataclass(frozen=True)
+class StudyStorage:
+    """An Optuna sqlite storage file and its inter-process lock (`<file>.lock`, one machine)."""
+
+    path: Path
+    timeout: float = 120.0  # seconds a writer waits for sqlite's lock instead of failing 'database is locked'
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{Path(self.path).resolve()}"
+
+    @property
+    def lock_path(self) -> Path:
+        return Path(f"{self.path}.lock")
+
+    def rdb(self):
+        """An `optuna.storages.RDBStorage` on the file (creates the file and its schema when missing)."""
+        import optuna  # lazily: the catalog builds every dataset, most runs never touch the sweep
+
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": self.timeout}})
+
+
+class OptunaStudyDataset(AbstractDataset[None, StudyStorage]):
+    """Loads the `StudyStorage` of a sqlite file (which may not exist yet: the sweep creates it). Read-only."""
+
+    def __init__(self, filepath: str, timeout: float = 120.0, metadata: dict[str, Any] | None = None):
+        self._storage = StudyStorage(Path(filepath), float(timeout))
+        self.metadata = metadata
+
+    def load(self) -> StudyStorage:
+        return self._storage
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._storage.path}: the Optuna study is written by Optuna during the sweep, "
+                           "not saved as a node output")
+
+    def _exists(self) -> bool:
+        return Path(self._storage.path).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._storage.path), "timeout": self._storage.timeout}

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from dimo.sweeps import objective as sweep_objective
 from dimo.sweeps import study as sweep_study
-from dimo.sweeps.study_dataset import StudyStorage
+from dimo.datasets import StudyStorage
 from dimo.training.stages import PAPER_STAGES, StageResult, run_chain
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from dimo.sweeps.study_dataset import StudyStorage
+from dimo.datasets import StudyStorage
 
 log = logging.getLogger(__name__)
 

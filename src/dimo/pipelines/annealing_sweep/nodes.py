@@ -10,7 +10,7 @@ import pandas as pd
 
 from dimo.sweeps import proxy, results
 from dimo.sweeps import study as sweep_study
-from dimo.sweeps.study_dataset import StudyStorage
+from dimo.datasets import StudyStorage
 
 
 def run_annealing_sweep(storage: StudyStorage, clips: pd.DataFrame, pairs: pd.DataFrame, cache: dict, codec,
