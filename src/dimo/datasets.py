@@ -170,6 +170,8 @@ class LabelStoreDataset(AbstractDataset):
     """The label cache folder: loads as a `dimo.labelling.labeller.LabelStore` handle the labelling node reads
     hits from and writes misses to (a content-addressed cache is read and extended in one step)."""
 
+    created_on_load = True  # an empty cache is a valid start (dimo.preflight does not require it)
+
     def __init__(self, path: str, metadata: dict[str, Any] | None = None):
         self._path = Path(path)
         self.metadata = metadata
@@ -299,6 +301,8 @@ class StudyStorage:
 
 class OptunaStudyDataset(AbstractDataset[None, StudyStorage]):
     """Loads the `StudyStorage` of a sqlite file (which may not exist yet: the sweep creates it). Read-only."""
+
+    created_on_load = True  # a new study starts from no file (dimo.preflight does not require it)
 
     def __init__(self, filepath: str, timeout: float = 120.0, metadata: dict[str, Any] | None = None):
         self._storage = StudyStorage(Path(filepath), float(timeout))

@@ -41,3 +41,37 @@ class ProjectHooks:
         commit = self._commit or git_commit()  # a session whose before_pipeline_run did not reach us
         mlflow.set_tags({"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")})
         self._tagged_run = run.info.run_id
+
+
+class PreflightError(RuntimeError):
+    """A run that cannot start: the message is one line naming what is missing and the command that makes it."""
+
+
+class PreflightHooks:
+    """Before any node runs: check that the run's free inputs and starting models exist (`dimo.preflight`); if not,
+    print one line and exit 2. `DIMO_TRACEBACK=1` (or `kedro -v`) raises `PreflightError` instead, with its
+    traceback. Ordered first, so kedro-mlflow opens no run for a run that cannot start."""
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        import os
+        import sys
+        from pathlib import Path
+
+        import yaml
+        from kedro.framework.project import pipelines
+
+        from dimo import preflight
+
+        registered = dict(pipelines)
+        problems, order = preflight.plan(pipeline, catalog, catalog.load("parameters"), registered)
+        if not problems:
+            return
+        names = run_params.get("pipeline_names") or ["__default__"]
+        dvc_file = Path(run_params.get("project_path") or ".") / "dvc.yaml"
+        dvc_stages = set(yaml.safe_load(dvc_file.read_text())["stages"]) if dvc_file.is_file() else set()
+        line = preflight.message(",".join(names), problems, order, run_params.get("env"), dvc_stages)
+        if os.environ.get("DIMO_TRACEBACK") or {"-v", "--verbose"} & set(sys.argv):
+            raise PreflightError(line)
+        print(line, file=sys.stderr, flush=True)
+        raise SystemExit(2)

@@ -7,7 +7,9 @@ with the pipelines that make each thing and the commands that would (Kedro, DVC)
 
 Nodes declare the models they start from with a tag `starts_from.<parameter path>` (e.g.
 `starts_from.training.stages.stage2.init`); the parameter holds a model URI (`models:/dimo@stage1`), a folder
-or `wan:<folder>`. Optional datasets (a class whose name starts with `Optional`) are never required.
+or `wan:<folder>`. Optional datasets (a class whose name starts with `Optional`) and datasets that start empty
+(`created_on_load`: caches, the Optuna study) are never required; an optional input that the main job makes and
+that does not exist yet puts its pipeline in the plan (validate's clip sources), without being reported.
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ TAG_PREFIX = "starts_from."
 
 @dataclass(frozen=True)
 class Problem:
-    what: str              # e.g. "training_pairs", "model models:/dimo@stage2", "Wan folder /x (no such folder)"
+    what: str              # e.g. "training_pairs", "model models:/dimo@stage2", "Wan folder /x"
     made_by: str | None    # the pipeline that makes it, if one does
+    reason: str = ""       # e.g. "not in the registry at sqlite:///mlflow.db"
+
+    def __str__(self) -> str:
+        notes = [n for n in (self.reason, f"made by {self.made_by}" if self.made_by else "") if n]
+        return f"{self.what} ({'; '.join(notes)})" if notes else self.what
 
 
 def _param(params: dict, path: str):
@@ -33,10 +40,12 @@ def _param(params: dict, path: str):
 
 
 def _optional(catalog, name: str) -> bool:
+    """Not required: an `Optional*` dataset, or one that starts empty (`created_on_load`: caches, studies)."""
     try:
-        return type(catalog.get(name)).__name__.startswith("Optional")
+        kind = type(catalog.get(name))
     except Exception:  # a pattern or unknown dataset: let the run itself report it
         return True
+    return kind.__name__.startswith("Optional") or getattr(kind, "created_on_load", False)
 
 
 def producers(registered: dict) -> dict[str, str]:
@@ -69,17 +78,17 @@ def registering_pipeline(uri: str, params: dict, registered: dict) -> str | None
     return None
 
 
-def model_problem(uri: str, params: dict) -> str | None:
-    """Why `uri` cannot be loaded now, or None when it can."""
+def model_problem(uri: str, params: dict) -> tuple[str, str] | None:
+    """(what, why) when `uri` cannot be loaded now, or None when it can."""
     from pathlib import Path
 
     if not isinstance(uri, str) or uri in ("", "scratch"):
         return None
     if uri.startswith("wan:"):
         folder = Path(uri.removeprefix("wan:"))
-        return None if folder.is_dir() else f"Wan folder {folder} (no such folder)"
+        return None if folder.is_dir() else (f"Wan folder {folder}", "no such folder")
     if not uri.startswith("models:/"):
-        return None if Path(uri).is_dir() else f"model folder {uri} (no such folder)"
+        return None if Path(uri).is_dir() else (f"model folder {uri}", "no such folder")
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -88,13 +97,13 @@ def model_problem(uri: str, params: dict) -> str | None:
     try:
         mv = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
     except (MlflowException, TypeError, ValueError):
-        return f"model {uri} (not in the registry at {mlflow.get_tracking_uri()})"
+        return f"model {uri}", f"not in the registry at {mlflow.get_tracking_uri()}"
     spec = _param(params, "training.model") or {}
     got = (mv.tags.get("config"), mv.tags.get("variant"))
     want = (spec.get("config"), spec.get("variant"))
     if None not in got and None not in want and got != want and not spec.get("transfer_from_other_variant"):
-        return (f"model {uri} of config {got[0]!r} variant {got[1]!r} (training.model asks for {want[0]!r} "
-                f"variant {want[1]!r})")
+        return (f"model {uri}", f"a {got[0]!r} model of variant {got[1]!r}, but training.model asks for "
+                                f"{want[0]!r} variant {want[1]!r}")
     return None
 
 
@@ -118,8 +127,8 @@ def pipeline_problems(pipe, catalog, params: dict, registered: dict, made_in_run
             maker = registering_pipeline(uri, params, registered) if isinstance(uri, str) else None
             if maker in made_in_run or uri in registered_in_run:
                 continue
-            if reason := model_problem(uri, params):
-                out.append(Problem(reason, maker))
+            if found := model_problem(uri, params):
+                out.append(Problem(found[0], maker, found[1]))
         registered_in_run |= _aliases_registered(node, params)
     return out
 
@@ -138,16 +147,30 @@ def plan(pipe, catalog, params: dict, registered: dict) -> tuple[list[Problem], 
     """(what the run misses, the pipelines to run first, in data-flow order)."""
     problems = pipeline_problems(pipe, catalog, params, registered, set())
     needed: list[str] = []
-    frontier = [p.made_by for p in problems if p.made_by]
+    frontier = [p.made_by for p in problems if p.made_by] + (
+        _optional_sources(pipe, catalog, registered, needed) if problems else [])
     while frontier:
         name = frontier.pop()
         if name in needed:
             continue
         needed.append(name)
-        frontier += [p.made_by for p in pipeline_problems(registered[name], catalog, params, registered,
-                                                          set(needed)) if p.made_by and p.made_by not in needed]
+        upstream = pipeline_problems(registered[name], catalog, params, registered, set(needed))
+        frontier += [p.made_by for p in upstream if p.made_by and p.made_by not in needed]
+        frontier += _optional_sources(registered[name], catalog, registered, needed)
     order = [n for n in _data_flow_order(registered) if n in needed]
     return problems, order
+
+
+def _optional_sources(pipe, catalog, registered: dict, needed: list[str]) -> list[str]:
+    """Pipelines of the main job that make optional inputs of `pipe` which do not exist yet (e.g. the synthetic
+    clips validate reads): not required, but what the default configuration expects, so they join the plan."""
+    made, main = producers(registered), registered.get("__default__")
+    if main is None:
+        return []
+    made_by_main = main.all_outputs()
+    return [made[ds] for ds in sorted(pipe.inputs() - pipe.all_outputs())
+            if made.get(ds) and made[ds] not in needed and ds in made_by_main and _optional(catalog, ds)
+            and not catalog.exists(ds)]
 
 
 def _data_flow_order(registered: dict) -> list[str]:
@@ -166,12 +189,9 @@ def _data_flow_order(registered: dict) -> list[str]:
 
 def message(run: str, problems: list[Problem], order: list[str], env: str | None, dvc_stages: set[str]) -> str:
     """One line: what is missing, who makes it, and the commands that would make it."""
-    def part(p: Problem) -> str:
-        return f"{p.what} (made by {p.made_by})" if p.made_by else p.what
-
     env_flag = f" --env={env}" if env and env not in ("local", "base") else ""
     env_var = f"KEDRO_ENV={env} " if env_flag else ""
-    line = f"{run} cannot start: missing {', '.join(part(p) for p in problems)}."
+    line = f"{run} cannot start: missing {', '.join(map(str, problems))}."
     if order:
         line += f" Run first: kedro run{env_flag} --pipelines={','.join(order)}"
         if run in dvc_stages:

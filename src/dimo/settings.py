@@ -4,7 +4,7 @@ from kedro.config import OmegaConfigLoader
 
 from dimo.hooks import ProjectHooks
 
-HOOKS = (ProjectHooks(),)
+HOOKS = (PreflightHooks(), ProjectHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -9,7 +9,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(run_annealing_sweep,
                  ["annealing_sweep_study", "labelled_clip_table", "training_pairs", "latent_cache", "latent_codec",
                   "preprocess_manifest", "deepspeed_config", "params:training", "params:annealing_sweep"],
-                 "annealing_sweep_summary", name="run_annealing_sweep"),
+                 "annealing_sweep_summary", name="run_annealing_sweep",
+                 tags=["starts_from.training.stages.stage1.init"]),  # dimo.preflight checks it exists
             Node(trials_table, ["annealing_sweep_study", "annealing_sweep_summary"], "annealing_sweep_trials",
                  name="annealing_sweep_trials"),
             Node(best_params, ["annealing_sweep_study", "annealing_sweep_summary"], "annealing_best_params",
