@@ -104,6 +104,7 @@ def test_ablation_pipeline_trains_registers_and_tabulates_at_smoke_scale(smoke_c
     report = smoke_chain / "data" / "08_reporting" / "ablation"
     full = json.loads((report / "full.json").read_text())
     assert set(full["stages"]) == {"stage1", "stage3"}  # smoke scores after stage 1 and stage 3 only
+    assert full["stages"]["stage3"]["lpips"] == full["stages"]["stage3"]["lpips_alex"]  # Table 2's LPIPS
     assert json.loads((report / "no_geo.json").read_text())["skipped"]  # not configured in smoke
     md = (report / "ablation_table.md").read_text()
     assert "| Full Model |" in md and "/ 18.0 |" in md

@@ -272,9 +272,24 @@ def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke
     assert frames.shape == target.shape and fps == 16
     sbs = video_io.read_video(report / "side_by_side" / videos[0].name)[0]
     assert sbs.shape[2] == 4 * target.shape[2]  # reference | driving | generated | target
+    # the stored videos are lossless: re-scoring them against the target clips gives the pipeline's numbers
+    for row in scores.itertuples():
+        gen = video_io.read_video(smoke_chain / "data" / "07_model_output" / "evaluate" / "videos" /
+                                  f"{row.pair_id}.mp4")[0]
+        tgt = video_io.read_video(smoke_chain / row.target_path)[0]
+        assert M.psnr(*benchmark.align(gen, tgt)) == pytest.approx(row.psnr, rel=1e-9)
+        assert M.ssim(*benchmark.align(gen, tgt)) == pytest.approx(row.ssim, rel=1e-9)
+    assert scores["camera_following"].dropna().isin([0.0, 1.0]).all()
     table = pd.read_csv(report / "benchmark_table.csv")
     assert {"reconstruction", "cross_view", "codec reconstruction (VAE only)"} <= set(table["benchmark"])
+    metric_columns = list(table.columns[2:])
+    assert list(table.columns[:2]) == ["benchmark", "pairs"]
+    assert metric_columns == [m for m in registry.names() if m in metric_columns]  # registry order, registry names
+    assert {"psnr", "ssim", "lpips_alex", "lpips_vgg", "fid", "fvd", "detection_rate"} <= set(metric_columns)
     md = (report / "benchmark_table.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == [
+        f"{m} {registry.get(m).arrow}" for m in metric_columns]
     assert "models:/dimo@champion" in md and "unavailable: fid" in md  # no Inception weights in the copy
     generation = json.loads((smoke_chain / "data" / "07_model_output" / "evaluate" / "generation.json").read_text())
     assert generation["frames"] == sum(len(video_io.read_video(v)[0]) for v in videos)
