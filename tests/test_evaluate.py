@@ -14,6 +14,7 @@ import pytest
 from dimo import video_io
 from dimo.datasets import Video
 from dimo.evaluation import benchmark, registry
+from dimo.evaluation import metrics as M
 
 
 def clips() -> pd.DataFrame:
