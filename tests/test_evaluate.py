@@ -233,8 +233,8 @@ def test_a_registered_metric_appears_in_scores_and_tables():
         assert table.set_index("benchmark").loc["cross_view", "mae"] == 5.0
         md = benchmark.markdown(table, "t")
         header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
-        assert [c.strip() for c in header.strip("|").split("|")] == ["benchmark", "pairs", "psnr ↑", "fid ↓", "fvd ↓",
-                                                                      "mae ↓", "set_frames ↑"]
+        assert [c.strip() for c in header.strip("|").split("|")] == [
+            "benchmark", "pairs", "psnr ↑", "fid ↓", "fvd ↓", "mae ↓", "set_frames ↑"]
     assert "mae" not in registry.METRICS and "mae" not in benchmark.PER_PAIR_METRICS  # removed after the block
     with pytest.raises(ValueError, match=r"unknown per-pair metrics \['mae'\]"):
         benchmark.score(pairs, generated, metrics=("mae",), progress=False, clips=clips)

@@ -50,8 +50,8 @@ def register(metric: Metric) -> Metric:
     if metric.kind not in KINDS:
         raise ValueError(f"metric {metric.name!r}: unknown kind {metric.kind!r}; one of {KINDS}")
     if (metric.compute is None) == (metric.kind in ("pair", "set")):
-        raise ValueError(f"metric {metric.name!r}: a {metric.kind} metric {'needs' if metric.compute is None else 'takes no'} "
-                         "compute function")
+        needs = "needs a" if metric.compute is None else "takes no"
+        raise ValueError(f"metric {metric.name!r}: a {metric.kind} metric {needs} compute function")
     if metric.kind == "alias" and metric.of not in METRICS:
         raise ValueError(f"metric {metric.name!r}: alias of unknown metric {metric.of!r}")
     if metric.name in METRICS:
