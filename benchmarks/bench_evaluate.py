@@ -1,4 +1,4 @@
-"""Evaluation throughput on this machine (CPU): frames per second of each per-pair metric, of the pseudo-labeller
+"""Evaluation throughput on this machine (CPU): frames per second of each registered per-pair metric, of the pseudo-labeller
 run on generated frames (pose accuracy / camera following), and of generation with a tiny model through the
 inference API, at the toy benchmark's size (33 frames, 128 x 128).
 
@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from dimo import inference, video_io
-from dimo.evaluation import benchmark
+from dimo.evaluation import benchmark, registry
 from dimo.evaluation import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,11 +54,11 @@ def main() -> None:
     out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                        "load_before": os.getloadavg()},
            "shape": {"videos": N, "frames": T, "size": S}, "metrics": {}}
-    out["metrics"]["psnr"] = timed(lambda: M.psnr(generated, target), n)
-    out["metrics"]["ssim"] = timed(lambda: M.ssim(generated, target), n)
-    for b in ("alex", "vgg"):
-        M.lpips(generated[:1], target[:1], b)  # load the network once, outside the timing
-        out["metrics"][f"lpips_{b}"] = timed(lambda b=b: M.lpips(generated, target, b), n)
+    weights = M.WeightsConfig()
+    for name in registry.names("pair"):
+        metric = registry.get(name)
+        metric.compute(generated[:1], target[:1], weights)  # load its network once, outside the timing
+        out["metrics"][name] = timed(lambda metric=metric: metric.compute(generated, target, weights), n)
 
     # the labeller on "generated" frames: real rendered frames of a person, so the detector finds one
     clip = next(iter(sorted((ROOT / "data/01_raw/synthetic/clips").glob("*.mp4"))), None)

@@ -1,4 +1,5 @@
-"""The benchmark: which pairs, external manifests, scores, camera following, and the `evaluate` pipeline run in
+"""The benchmark: which pairs, external manifests, scores (targets from the clip partitions), pose accuracy and camera
+following with known answers, the metric registry driving scores and tables, and the `evaluate` pipeline run in
 the smoke chain (a registered model generates, the tables reach MLflow)."""
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dimo import video_io
-from dimo.evaluation import benchmark
+from dimo import clip_table, video_io
+from dimo.datasets import Video
+from dimo.evaluation import benchmark, registry
+from dimo.evaluation import metrics as M
 
 
 def clips() -> pd.DataFrame:
@@ -122,6 +125,121 @@ def test_camera_signals_read_zoom_shift_and_orbit_and_following_compares_them():
     assert benchmark.camera_signals(few) is None
 
 
+def test_scores_read_targets_from_the_clip_partitions_by_clip_id(tmp_path, write_clip):
+    target = np.random.default_rng(1).integers(0, 256, (9, 48, 64, 3), dtype=np.uint8)
+    stale = write_clip(tmp_path / "stale.mp4", n=9, seed=3)  # what the table's path holds: must not be read
+    user = write_clip(tmp_path / "user.mp4", n=9, seed=4)    # an external-manifest target, outside the catalog
+    pairs = pd.DataFrame([
+        {"pair_id": "syn", "kind": "cross_view", "target_clip_id": "c-syn", "target_path": str(stale)},
+        {"pair_id": "ing", "kind": "reconstruction", "target_clip_id": "c-ing", "target_path": str(stale)},
+        {"pair_id": "ext", "kind": "external", "target_clip_id": "c-syn", "target_path": str(user)}])
+    synthetic = {"c-syn": lambda: Video(target, 16.0), "c-old": lambda: Video(target[:, ::-1], 16.0)}
+    ingested = {"c-ing": lambda: Video(target[::-1].copy(), 16.0)}
+    clips = clip_table.clip_loaders(synthetic, None, ingested)
+    assert set(clips) == {"c-syn", "c-old", "c-ing"} and clip_table.clip_loaders(None, {}) == {}
+    generated = {"syn": target, "ing": target[::-1].copy(), "ext": video_io.read_video(user)[0]}
+    scores = benchmark.score(pairs, generated, metrics=("psnr",), progress=False, clips=clips).set_index("pair_id")
+    assert np.isinf(scores["psnr"]).all()  # each generated video equals the target it was looked up as
+    by_path = benchmark.score(pairs, generated, metrics=("psnr",), progress=False).set_index("pair_id")
+    assert np.isfinite(by_path.loc["syn", "psnr"]) and np.isinf(by_path.loc["ext", "psnr"])  # without clips: paths
+    with pytest.raises(clip_table.MissingClipError, match="'c-ing' has no file in the clip partitions"):
+        benchmark.score(pairs, generated, metrics=("psnr",), progress=False, clips=synthetic)
+    assert benchmark.set_metrics(pairs.iloc[:2], generated, clips=clips)["fid"].reason  # no weights: a reason
+
+
+def _gt_and_labels(T: int = 16):
+    """Ground truth (camera-space COCO keypoints) and full labels: a target whose camera zooms in, a generated video
+    labelled exactly like it with the ground-truth pose, and one whose camera zooms out with a known pose error."""
+    from dimo.labelling import label_format as lf
+
+    rng = np.random.default_rng(0)
+    keypoints = rng.normal(0, 0.3, (T, len(lf.FIT_KEYPOINTS), 3)) + [0, 0, 3.0]
+    off = keypoints.copy()
+    moved = [j for j in range(17) if j not in (11, 12)]  # every COCO joint but the hips: the hip centre stays
+    off[:, moved, 0] += 0.05
+
+    def label(torso, fit):
+        part = _label(torso, np.full(T, 64.0), np.zeros(T))
+        return lf.make_label(T, "anny", height=128, width=128, valid=np.ones(T, bool),
+                             person_detected=np.ones(T, bool), keypoints2d_body=part["keypoints2d_body"],
+                             root_orient=part["root_orient"], fit_keypoints3d=fit)
+
+    zoom_in, zoom_out = np.linspace(40, 60, T), np.linspace(60, 40, T)
+    return keypoints, {"target": label(zoom_in, keypoints), "same": label(zoom_in, keypoints),
+                       "backwards": label(zoom_out, off)}, 50.0 * len(moved) / 17
+
+
+def test_pose_accuracy_and_camera_following_have_known_answers(tmp_path):
+    """The labeller's outputs for the generated videos are seeded in the label store (the labeller itself is
+    tested in test_pseudo_label): MPJPE is 0 for the ground-truth pose and exactly the joint offset otherwise;
+    camera following is 1 for the target's motion and 0 for the same motion in the wrong direction."""
+    from kedro.config import OmegaConfigLoader
+
+    from dimo.labelling import label_format as lf
+    from dimo.labelling import labeller
+    from tests.conftest import PROJECT_ROOT
+
+    params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")[
+        "parameters"]["pseudo_label"]
+    keypoints, labels, offset_mm = _gt_and_labels()
+    np.savez(tmp_path / "gt.npz", keypoints_cam=keypoints)
+    lf.save_label(tmp_path / "target_label.npz", labels["target"])
+    store = labeller.LabelStore(tmp_path / "store")
+    rng = np.random.default_rng(2)
+    target = rng.integers(0, 256, (16, 48, 48, 3), dtype=np.uint8)
+    generated = {"same": target, "backwards": rng.integers(0, 256, target.shape, dtype=np.uint8)}
+    for pid, frames in generated.items():
+        store.save(labeller.content_hash(params, frames=frames), labels[pid])
+    pairs = pd.DataFrame([{"pair_id": pid, "kind": "cross_view", "target_clip_id": "t", "target_path": "unused.mp4",
+                           "target_gt_path": str(tmp_path / "gt.npz"),
+                           "target_label_path": str(tmp_path / "target_label.npz")} for pid in generated])
+    scores = benchmark.score(pairs, generated, metrics=("psnr",), label_params=params, label_store=store,
+                             progress=False, clips={"t": lambda: Video(target, 16.0)}).set_index("pair_id")
+    assert scores.loc["same", "camera_following"] == 1.0 and scores.loc["backwards", "camera_following"] == 0.0
+    assert scores.loc["same", "mpjpe_mm"] == pytest.approx(0.0, abs=1e-3)
+    assert scores.loc["same", "pa_mpjpe_mm"] == pytest.approx(0.0, abs=1e-3)
+    assert scores.loc["backwards", "mpjpe_mm"] == pytest.approx(offset_mm, rel=1e-4)  # 15 of 17 joints, 5 cm
+    assert scores.loc["backwards", "pa_mpjpe_mm"] < scores.loc["backwards", "mpjpe_mm"]  # alignment removes some
+    assert (scores["detection_rate"] == 1.0).all() and np.isinf(scores.loc["same", "psnr"])
+    assert scores.loc["same", "camera_zoom_error"] == pytest.approx(0.0, abs=1e-9)
+    assert scores.loc["backwards", "camera_zoom_error"] > 0.5  # log(1.5) each way
+
+
+def test_a_registered_metric_appears_in_scores_and_tables():
+    """Adding a metric = a function + one registry line: scores, the summary, the markdown arrows, the set-level
+    results and the sweep's direction check all pick it up."""
+    target = np.random.default_rng(3).integers(0, 200, (5, 24, 24, 3), dtype=np.uint8)
+    pairs = pd.DataFrame([{"pair_id": p, "kind": "cross_view", "camera_category": "static", "target_clip_id": "t",
+                           "target_path": "unused.mp4"} for p in ("same", "brighter")])
+    generated = {"same": target, "brighter": target + 10}
+    clips = {"t": lambda: Video(target, 16.0)}
+
+    def mean_abs_error(gen, tgt, weights):
+        return float(np.abs(gen.astype(float) - tgt.astype(float)).mean())
+
+    def frames_per_set(gens, tgts, weights):
+        return float(sum(len(g) for g in gens))
+
+    with registry.registered(registry.Metric("mae", "pair", False, mean_abs_error, "MAE", ".2f")), \
+            registry.registered(registry.Metric("set_frames", "set", True, frames_per_set)):
+        scores = benchmark.score(pairs, generated, metrics=("psnr", "mae"), progress=False, clips=clips)
+        assert list(scores.set_index("pair_id")["mae"]) == [0.0, 10.0]
+        assert "mae" in benchmark.PER_PAIR_METRICS and benchmark.HIGHER_IS_BETTER["mae"] is False
+        set_level = benchmark.set_metrics(pairs, generated, clips=clips)
+        assert set_level["set_frames"] == 10.0 and set(set_level) == {"fid", "fvd", "set_frames"}
+        table = benchmark.summarise(scores, {"cross_view": set_level})
+        # columns in registration order: the new metrics come after the built-in ones
+        assert list(table.columns) == ["benchmark", "pairs", "psnr", "fid", "fvd", "mae", "set_frames"]
+        assert table.set_index("benchmark").loc["cross_view", "mae"] == 5.0
+        md = benchmark.markdown(table, "t")
+        header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
+        assert [c.strip() for c in header.strip("|").split("|")] == [
+            "benchmark", "pairs", "psnr ↑", "fid ↓", "fvd ↓", "mae ↓", "set_frames ↑"]
+    assert "mae" not in registry.METRICS and "mae" not in benchmark.PER_PAIR_METRICS  # removed after the block
+    with pytest.raises(ValueError, match=r"unknown per-pair metrics \['mae'\]"):
+        benchmark.score(pairs, generated, metrics=("mae",), progress=False, clips=clips)
+
+
 def test_summary_splits_cross_view_by_camera_and_keeps_set_level_reasons():
     from dimo.evaluation.common import MetricUnavailable
 
@@ -133,8 +251,12 @@ def test_summary_splits_cross_view_by_camera_and_keeps_set_level_reasons():
     assert table.loc["cross_view", "psnr"] == 12.0 and table.loc["cross_view / static camera", "psnr"] == 14.0
     assert table.loc["cross_view / moving camera", "pairs"] == 1
     assert np.isnan(table.loc["cross_view", "fid"]) and table.loc["cross_view", "fvd"] == 123.0
+    assert list(table.reset_index().columns) == ["benchmark", "pairs", "psnr", "ssim", "fid", "fvd"]  # registry order
     md = benchmark.markdown(table.reset_index(), "t", ["note"])
     assert "psnr ↑" in md and "fid ↓" in md and "- note" in md
+    header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["benchmark", "pairs", "psnr ↑", "ssim ↑", "fid ↓",
+                                                                  "fvd ↓"]
 
 
 def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke_chain):
@@ -151,9 +273,24 @@ def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke
     assert frames.shape == target.shape and fps == 16
     sbs = video_io.read_video(report / "side_by_side" / videos[0].name)[0]
     assert sbs.shape[2] == 4 * target.shape[2]  # reference | driving | generated | target
+    # the stored videos are lossless: re-scoring them against the target clips gives the pipeline's numbers
+    for row in scores.itertuples():
+        gen = video_io.read_video(smoke_chain / "data" / "07_model_output" / "evaluate" / "videos" /
+                                  f"{row.pair_id}.mp4")[0]
+        tgt = video_io.read_video(smoke_chain / row.target_path)[0]
+        assert M.psnr(*benchmark.align(gen, tgt)) == pytest.approx(row.psnr, rel=1e-9)
+        assert M.ssim(*benchmark.align(gen, tgt)) == pytest.approx(row.ssim, rel=1e-9)
+    assert scores["camera_following"].dropna().isin([0.0, 1.0]).all()
     table = pd.read_csv(report / "benchmark_table.csv")
     assert {"reconstruction", "cross_view", "codec reconstruction (VAE only)"} <= set(table["benchmark"])
+    metric_columns = list(table.columns[2:])
+    assert list(table.columns[:2]) == ["benchmark", "pairs"]
+    assert metric_columns == [m for m in registry.names() if m in metric_columns]  # registry order, registry names
+    assert {"psnr", "ssim", "lpips_alex", "lpips_vgg", "fid", "fvd", "detection_rate"} <= set(metric_columns)
     md = (report / "benchmark_table.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| benchmark"))
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == [
+        f"{m} {registry.get(m).arrow}" for m in metric_columns]
     assert "models:/dimo@champion" in md and "unavailable: fid" in md  # no Inception weights in the copy
     generation = json.loads((smoke_chain / "data" / "07_model_output" / "evaluate" / "generation.json").read_text())
     assert generation["frames"] == sum(len(video_io.read_video(v)[0]) for v in videos)

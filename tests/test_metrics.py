@@ -1,5 +1,6 @@
 """The metrics library (dimo.evaluation): SSIM/PSNR against scikit-image, LPIPS conversion and behaviour, the
-FID InceptionV3 loading, FVD plumbing with a TorchScript stand-in, the Fréchet distance maths, input checks."""
+FID InceptionV3 loading, FVD plumbing with a TorchScript stand-in, the Fréchet distance maths, input checks, and
+every registered metric computed through the registry-driven benchmark path."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 import torch
 
-from dimo.evaluation import MetricUnavailable, compute_all, metrics as M
+from dimo.datasets import Video
+from dimo.evaluation import MetricUnavailable, benchmark, registry
+from dimo.evaluation import metrics as M
 from dimo.evaluation.inception import FIDInceptionV3, load_fid_inception
 from dimo.evaluation.lpips_net import PLANS, LPIPSNet, load_lpips
 
@@ -78,10 +82,15 @@ def test_ssim_psnr_pool_frames_over_videos_of_different_lengths():
 @pytest.mark.parametrize("gshape,tshape", [((1, 4, 32, 32, 3), (1, 5, 32, 32, 3)),   # frame count
                                            ((1, 4, 32, 32, 3), (1, 4, 32, 40, 3)),   # frame size
                                            ((1, 4, 32, 32, 3), (1, 4, 32, 32, 1))])  # channels
-def test_mismatched_shapes_are_refused_naming_both(gshape, tshape):
-    with pytest.raises(ValueError) as err:
-        compute_all(np.zeros(gshape, np.uint8), np.zeros(tshape, np.uint8))
-    assert str(gshape[1:]) in str(err.value) and str(tshape[1:]) in str(err.value)
+def test_mismatched_shapes_are_refused_naming_both(gshape, tshape, tmp_path):
+    cfg = M.WeightsConfig.from_any({"lpips_dir": tmp_path, "inception_path": tmp_path / "none.pth",
+                                    "i3d_path": tmp_path / "none.pt"})
+    computed = [m for m in registry.METRICS.values() if m.compute is not None]
+    assert {m.name for m in computed} >= {"ssim", "psnr", "lpips_alex", "lpips_vgg", "fid", "fvd"}
+    for metric in computed:  # every registered metric refuses before any weights are looked for
+        with pytest.raises(ValueError) as err:
+            metric.compute(np.zeros(gshape, np.uint8), np.zeros(tshape, np.uint8), cfg)
+        assert str(gshape[1:]) in str(err.value) and str(tshape[1:]) in str(err.value), metric.name
 
 
 def test_malformed_inputs_are_refused():
@@ -92,8 +101,9 @@ def test_malformed_inputs_are_refused():
         M.psnr(ok + 1.5, ok)
     with pytest.raises(ValueError, match="channels-last"):
         M.psnr(np.zeros((1, 2, 3, 16, 16)), np.zeros((1, 2, 3, 16, 16)))
+    pairs = pd.DataFrame([{"pair_id": "p", "kind": "cross_view", "target_clip_id": "t", "target_path": "t.mp4"}])
     with pytest.raises(ValueError, match="unknown weights_config keys"):
-        compute_all(ok, ok, {"lpips_path": "x"})
+        benchmark.score(pairs, {"p": ok[0]}, weights={"lpips_path": "x"}, progress=False, clips={"t": ok[0]})
 
 
 # ------------------------------------------------------------------------------------------ LPIPS
@@ -319,22 +329,47 @@ def test_fvd_with_torchscript_stand_in(i3d_file):
     assert isinstance(short, MetricUnavailable) and "16 frames" in short.reason
 
 
-# ------------------------------------------------------------------------------------------ compute_all
+# ------------------------------------------------------------------------------------------ the registry path
 
 
-def test_compute_all_numbers_and_unavailable_reasons(fake_lpips_dir, i3d_file, tmp_path):
+def test_registered_metrics_numbers_and_unavailable_reasons(fake_lpips_dir, i3d_file, tmp_path):
+    """Every Table-1 metric through the registry-driven benchmark path (`score`, `set_metrics`), with a mix of
+    available and missing weights; targets come from an in-memory clip mapping, not from files."""
     out, _ = fake_lpips_dir
     rng = np.random.default_rng(7)
     gen = rng.integers(0, 256, (2, 16, 32, 32, 3), dtype=np.uint8)
     tgt = np.clip(gen.astype(int) + rng.integers(-30, 30, gen.shape), 0, 255).astype(np.uint8)
-    cfg = {"lpips_dir": out, "lpips_backbones": ["alex", "vgg"], "i3d_path": i3d_file,
-           "inception_path": tmp_path / "absent.pth"}
-    res = compute_all(gen, tgt, cfg)
-    assert set(res) == {"ssim", "psnr", "lpips_alex", "lpips_vgg", "lpips", "fid", "fvd"}
-    assert res["ssim"] == pytest.approx(M.ssim(gen, tgt)) and res["psnr"] == pytest.approx(M.psnr(gen, tgt))
-    assert res["lpips"] == res["lpips_alex"] > 0
-    assert isinstance(res["lpips_vgg"], MetricUnavailable)  # only alex was converted into this folder
-    assert isinstance(res["fid"], MetricUnavailable) and "absent.pth" in res["fid"].reason
-    assert np.isfinite(res["fvd"])
-    numbers, reasons = M.split_results(res)
-    assert set(numbers) == {"ssim", "psnr", "lpips_alex", "lpips", "fvd"} and set(reasons) == {"lpips_vgg", "fid"}
+    cfg = {"lpips_dir": out, "i3d_path": i3d_file, "inception_path": tmp_path / "absent.pth"}
+    pairs = pd.DataFrame([{"pair_id": f"p{i}", "kind": "reconstruction", "target_clip_id": f"t{i}",
+                           "target_path": str(tmp_path / f"not-read-{i}.mp4")} for i in range(2)])
+    clips = {f"t{i}": (lambda v=v: Video(v, 16.0)) for i, v in enumerate(tgt)}
+    generated = {f"p{i}": v for i, v in enumerate(gen)}
+    assert set(registry.names("pair") + registry.names("set") + registry.names("alias")) == {
+        "ssim", "psnr", "lpips_alex", "lpips_vgg", "lpips", "fid", "fvd"}
+    scores = benchmark.score(pairs, generated, weights=cfg, progress=False, clips=clips)
+    assert scores["ssim"].mean() == pytest.approx(M.ssim(gen, tgt))  # equal lengths: the mean of pairs = pooled
+    assert scores["psnr"].mean() == pytest.approx(M.psnr(gen, tgt))
+    assert scores.loc[1, "ssim"] == pytest.approx(M.ssim(gen[1], tgt[1]))
+    assert (scores["lpips_alex"] > 0).all()
+    assert registry.get("lpips").of == "lpips_alex"  # Table 2's plain "lpips" is the alex backbone
+    assert scores["lpips_vgg"].isna().all()  # only alex was converted into this folder
+    assert all("lpips_vgg unavailable" in u for u in scores["unavailable"])
+    finite = {m for m in registry.names("pair") if np.isfinite(scores[m]).all()}
+    assert finite == {"ssim", "psnr", "lpips_alex"}
+    set_level = benchmark.set_metrics(pairs, generated, cfg, clips=clips)
+    assert set(set_level) == {"fid", "fvd"}
+    assert isinstance(set_level["fid"], MetricUnavailable) and "absent.pth" in set_level["fid"].reason
+    assert np.isfinite(set_level["fvd"])
+    assert set_level["fvd"] == pytest.approx(M.fvd(gen, tgt, i3d_file))
+
+
+def test_registry_refuses_malformed_entries():
+    with pytest.raises(ValueError, match="needs"):
+        registry.register(registry.Metric("x", "pair", True))  # a per-pair metric without a function
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(registry.Metric("psnr", "pair", True, lambda g, t, w: 0.0))
+    with pytest.raises(ValueError, match="alias of unknown"):
+        registry.register(registry.Metric("y", "alias", True, of="nope"))
+    with pytest.raises(ValueError, match=r"unknown per-pair metrics \['fid'\]"):
+        registry.check(["psnr", "fid"], "pair")
+    assert "x" not in registry.METRICS and "y" not in registry.METRICS

@@ -12,13 +12,17 @@ Protocols, all on held-out clips (the clip table's `test` split unless configure
 Per pair: PSNR / SSIM / LPIPS against the target; with `label_params`, the pseudo-labeller runs on the generated
 video and gives pose accuracy against the synthetic ground truth (MPJPE) and camera following (the apparent camera
 motion of the generated video against the target's, both measured by the same labeller). FID / FVD are set-level
-(`set_metrics`). Generation goes through `dimo.inference`, the code users run, so the benchmark measures it.
+(`set_metrics`). Which metrics exist, their direction and kind: `dimo.evaluation.registry`. Generation goes through
+`dimo.inference`, the code users run, so the benchmark measures it.
+
+Target clips: the functions that read a target take `clips`, a mapping {clip_id: loader} (the catalog's clip
+partitions; `loader()` returns a `dimo.datasets.Video`), looked up by `target_clip_id`. Without it, or for an
+external-manifest row (a user file outside the catalog), the target is read from `target_path`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,9 +31,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dimo import camera_vocabulary, inference, video_io
+from dimo import camera_vocabulary, clip_table, inference, video_io
 from dimo.evaluation import metrics as M
+from dimo.evaluation import registry
 from dimo.evaluation.common import MetricUnavailable
+from dimo.evaluation.pose_metrics import (  # noqa: F401
+    CAMERA_SIGNAL_UNITS,
+    camera_signals,
+    follows,
+    pose_and_camera,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +49,16 @@ VIEW_RICH = ("multi_view", "moving_camera")
 PAIR_COLUMNS = ["pair_id", "kind", "driving_clip_id", "target_clip_id", "group_id", "driving_path", "reference_path",
                 "target_path", "keypoints_path", "prompt", "camera_motion", "camera_category", "supervision",
                 "target_label_path", "target_gt_path"]
-PER_PAIR_METRICS = ("psnr", "ssim", "lpips_alex", "lpips_vgg")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips_alex": False, "lpips_vgg": False, "lpips": False,
-                    "fid": False, "fvd": False, "mpjpe_mm": False, "pa_mpjpe_mm": False, "detection_rate": True,
-                    "camera_following": True}
-# Apparent camera motion, as seen by the labeller: scale change (zoom / dolly), image shift of the person (truck,
-# pan, pedestal) and turn of the body relative to the camera (arcs). A signal counts as "moving" beyond its unit.
-CAMERA_SIGNAL_UNITS = {"zoom": 0.15, "shift_x": 0.08, "shift_y": 0.08, "orbit_deg": 15.0}
+
+
+def __getattr__(name: str):
+    """`PER_PAIR_METRICS` / `HIGHER_IS_BETTER`: views of the registry, computed on access so a metric registered
+    later shows too. New code reads `registry.names("pair")` / `registry.get(name).higher_is_better`."""
+    if name == "PER_PAIR_METRICS":
+        return registry.names("pair")
+    if name == "HIGHER_IS_BETTER":
+        return {m.name: m.higher_is_better for m in registry.METRICS.values()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _category(key) -> str:
@@ -184,12 +198,12 @@ def generate(dimo: inference.Dimo, pairs: pd.DataFrame, options: inference.Optio
 
 
 def evaluate_model(model, codec, text_spec: Mapping, pairs: pd.DataFrame, options: inference.Options,
-                   metrics: Sequence[str] = PER_PAIR_METRICS, weights: M.WeightsConfig | Mapping | None = None,
-                   label_params: dict | None = None, progress: bool = True
+                   metrics: Sequence[str] | None = None, weights: M.WeightsConfig | Mapping | None = None,
+                   label_params: dict | None = None, progress: bool = True, clips: Mapping | None = None
                    ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Generate and score every pair with an in-memory model (sweep trials, ablation variants): (scores, videos)."""
     videos = generate(dimo_from_model(model, codec, text_spec), pairs, options, progress)
-    return score(pairs, videos, metrics, weights, label_params, progress=progress), videos
+    return score(pairs, videos, metrics, weights, label_params, progress=progress, clips=clips), videos
 
 
 def side_by_side(reference: np.ndarray, driving: np.ndarray, generated: np.ndarray,
@@ -206,6 +220,21 @@ def read_target(path: str | Path) -> np.ndarray:
     return video_io.read_video(path)[0]
 
 
+def read_clip(clip_id: str, path: str | Path, clips: Mapping | None = None) -> np.ndarray:
+    """A clip's frames: `clips[clip_id]()` (a catalog partition) when a mapping is given, else read from `path`."""
+    if clips is None:
+        return read_target(path)
+    video = clip_table.load_clip(clips, clip_id, "the clip partitions (synthetic_clips / ingested_clips)")
+    return np.asarray(getattr(video, "frames", video))
+
+
+def target_frames(row, clips: Mapping | None = None) -> np.ndarray:
+    """A pair's target: from the clip partitions by `target_clip_id`; an external row's user file by its path."""
+    if clips is None or getattr(row, "kind", None) == "external":
+        return read_target(row.target_path)
+    return read_clip(row.target_clip_id, row.target_path, clips)
+
+
 def align(generated: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Same frame count (the shorter) and the target's size: a model may round sizes to its patch grid."""
     T = min(len(generated), len(target))
@@ -216,29 +245,24 @@ def align(generated: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 # ------------------------------------------------------------------ scores
-def score(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray], metrics: Sequence[str] = PER_PAIR_METRICS,
+def score(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray], metrics: Sequence[str] | None = None,
           weights: M.WeightsConfig | Mapping | None = None, label_params: dict | None = None,
-          label_store=None, progress: bool = True) -> pd.DataFrame:
-    """One row per pair: the pair's columns plus a column per metric (NaN where unavailable; the reason is in
-    `unavailable`). With `label_params` (the pseudo_label parameters) also pose accuracy and camera following."""
+          label_store=None, progress: bool = True, clips: Mapping | None = None) -> pd.DataFrame:
+    """One row per pair: the pair's columns plus a column per per-pair metric (default: every registered one;
+    NaN where unavailable, the reason in `unavailable`). With `label_params` (the pseudo_label parameters) also the
+    pose metrics (pose accuracy and camera following)."""
     cfg = M.WeightsConfig.from_any(weights)
-    unknown = set(metrics) - set(PER_PAIR_METRICS)
-    if unknown:
-        raise ValueError(f"unknown per-pair metrics {sorted(unknown)}; known: {list(PER_PAIR_METRICS)}")
+    metrics = registry.names("pair") if metrics is None else tuple(metrics)
+    registry.check(metrics, "pair")
     missing = [p for p in pairs["pair_id"] if p not in generated]
     if missing:
         raise ValueError(f"no generated video for pairs {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     rows = []
     for row in tqdm(list(pairs.itertuples()), desc="benchmark: score", disable=not progress):
-        gen, tgt = align(np.asarray(generated[row.pair_id]), read_target(row.target_path))
+        gen, tgt = align(np.asarray(generated[row.pair_id]), target_frames(row, clips))
         out, reasons = {}, []
         for name in metrics:
-            if name == "psnr":
-                value = M.psnr(gen, tgt)
-            elif name == "ssim":
-                value = M.ssim(gen, tgt)
-            else:
-                value = M.lpips(gen, tgt, name.removeprefix("lpips_"), cfg.lpips_dir, cfg.device, cfg.batch_size)
+            value = registry.get(name).compute(gen, tgt, cfg)
             if isinstance(value, MetricUnavailable):
                 reasons.append(str(value))
                 value = np.nan
@@ -252,20 +276,21 @@ def score(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray], metrics: Seq
 
 
 def set_metrics(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray],
-                weights: M.WeightsConfig | Mapping | None = None) -> dict[str, float | MetricUnavailable]:
-    """FID (frames) and FVD (16-frame clips) of all generated videos against all targets."""
+                weights: M.WeightsConfig | Mapping | None = None, clips: Mapping | None = None
+                ) -> dict[str, float | MetricUnavailable]:
+    """Every registered set-level metric (FID over frames, FVD over 16-frame clips) of all generated videos
+    against all targets."""
     cfg = M.WeightsConfig.from_any(weights)
     if pairs.empty:
-        return {"fid": MetricUnavailable("fid", "no pairs"), "fvd": MetricUnavailable("fvd", "no pairs")}
-    gens, tgts = zip(*(align(np.asarray(generated[r.pair_id]), read_target(r.target_path))
+        return {name: MetricUnavailable(name, "no pairs") for name in registry.names("set")}
+    gens, tgts = zip(*(align(np.asarray(generated[r.pair_id]), target_frames(r, clips))
                        for r in pairs.itertuples()))
-    return {"fid": M.fid(list(gens), list(tgts), cfg.inception_path, cfg.device, cfg.batch_size),
-            "fvd": M.fvd(list(gens), list(tgts), cfg.i3d_path, cfg.fvd_num_frames, cfg.fvd_clips, cfg.device,
-                         max(1, cfg.batch_size // 4))}
+    return {name: registry.get(name).compute(list(gens), list(tgts), cfg) for name in registry.names("set")}
 
 
-def codec_reference(pairs: pd.DataFrame, codec, metrics: Sequence[str] = PER_PAIR_METRICS,
-                  weights: M.WeightsConfig | Mapping | None = None) -> dict[str, float]:
+def codec_reference(pairs: pd.DataFrame, codec, metrics: Sequence[str] | None = None,
+                    weights: M.WeightsConfig | Mapping | None = None, clips: Mapping | None = None
+                    ) -> dict[str, float]:
     """What perfect latents would score: each distinct target encoded and decoded by the VAE alone, then scored
     like a generated video. A reference, not a bound: blur can beat a VAE's artefacts on PSNR."""
     import torch
@@ -273,93 +298,14 @@ def codec_reference(pairs: pd.DataFrame, codec, metrics: Sequence[str] = PER_PAI
     targets = pairs.drop_duplicates("target_clip_id")
     recon = {}
     for r in targets.itertuples():
-        frames = read_target(r.target_path)
+        frames = target_frames(r, clips)
         x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
         with torch.no_grad():
             y = codec.decode(codec.encode(x))[0]
         recon[r.pair_id] = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-    table = score(targets, recon, metrics, weights, progress=False)
+    metrics = registry.names("pair") if metrics is None else tuple(metrics)
+    table = score(targets, recon, metrics, weights, progress=False, clips=clips)
     return {"pairs": len(targets), **{m: float(table[m].mean()) for m in metrics}}
-
-
-# ------------------------------------------------------------------ pose accuracy and camera following
-def camera_signals(label: Mapping[str, np.ndarray], min_frames: int = 4) -> dict[str, float] | None:
-    """The apparent camera motion of a labelled video, from its first to its last quarter of valid frames:
-    zoom = log scale change of the torso, shift_x/y = the person's image shift (fraction of the frame),
-    orbit_deg = the body's turn about the camera's vertical axis. None with too few valid frames."""
-    from dimo.labelling import label_format as lf
-
-    valid = np.flatnonzero(np.asarray(label["valid"], bool))
-    if len(valid) < min_frames:
-        return None
-    q = max(1, len(valid) // 4)
-    first, last = valid[:q], valid[-q:]
-    kp = np.asarray(label["keypoints2d_body"], np.float64)  # (T, 33, 3) pixels
-    H, W = float(label["height"]), float(label["width"])
-    shoulders, hips = kp[:, [11, 12], :2].mean(1), kp[:, [23, 24], :2].mean(1)
-    torso = np.linalg.norm(shoulders - hips, axis=-1)
-    centre = (shoulders + hips) / 2
-    R = lf.matrix_from_rot6d(np.asarray(label["root_orient"], np.float64))
-    rel = R[last[-1]] @ R[first[0]].T  # the body's turn in camera axes (x right, y down, z forward)
-    return {"zoom": float(np.log(np.median(torso[last]) / max(np.median(torso[first]), 1e-6))),
-            "shift_x": float((np.median(centre[last, 0]) - np.median(centre[first, 0])) / W),
-            "shift_y": float((np.median(centre[last, 1]) - np.median(centre[first, 1])) / H),
-            "orbit_deg": float(np.degrees(np.arctan2(rel[0, 2], rel[2, 2])))}
-
-
-def follows(generated: Mapping[str, float], target: Mapping[str, float]) -> bool:
-    """Does the generated video show the target's camera motion? The target's dominant signal (in units of
-    CAMERA_SIGNAL_UNITS) must appear with the same sign and at least half its size; a target below one unit on
-    every signal (a static camera) is followed when the generated video also stays below one unit."""
-    g = {k: generated[k] / u for k, u in CAMERA_SIGNAL_UNITS.items()}
-    t = {k: target[k] / u for k, u in CAMERA_SIGNAL_UNITS.items()}
-    key = max(t, key=lambda k: abs(t[k]))
-    if abs(t[key]) < 1.0:
-        return all(abs(v) < 1.0 for v in g.values())
-    return bool(np.sign(g[key]) == np.sign(t[key]) and abs(g[key]) >= 0.5 * abs(t[key]))
-
-
-def pose_and_camera(pairs: pd.DataFrame, generated: Mapping[str, np.ndarray], label_params: dict,
-                    label_store=None, progress: bool = True) -> pd.DataFrame:
-    """Label the generated videos (cached by pixels in `label_store`) and compare: pose against the target's
-    ground truth (MPJPE / PA-MPJPE of the fitted body, mm, hip-centred), camera motion against the target's label."""
-    import tempfile
-
-    from dimo.labelling import accuracy, labeller
-    from dimo.labelling import label_format as lf
-
-    tmp = None
-    if label_store is None:
-        tmp = tempfile.TemporaryDirectory()
-        label_store = labeller.LabelStore(tmp.name)
-    try:
-        clips = [{"clip_id": r.pair_id, "path": f"generated/{r.pair_id}", "fps": inference.MODEL_FPS,
-                  "num_frames": len(generated[r.pair_id]), "frames": np.asarray(generated[r.pair_id])}
-                 for r in pairs.itertuples()]
-        t0 = time.perf_counter()
-        rows = labeller.label_clips(clips, label_store, label_params, progress=progress)
-        log.info("benchmark: labelled %d generated videos in %.1f s", len(rows), time.perf_counter() - t0)
-        out = []
-        for r, lab_row in zip(pairs.itertuples(), rows):
-            label = lf.load_label(lab_row["label_path"])
-            res = {"pair_id": r.pair_id, "detection_rate": float(np.mean(label["person_detected"])),
-                   "camera_following": np.nan}  # NaN: too few frames with a person to read the camera
-            if r.target_gt_path:
-                with np.load(r.target_gt_path) as gt_file:
-                    acc = accuracy.clip_accuracy(label, {k: gt_file[k] for k in gt_file.files})
-                res["mpjpe_mm"] = float(np.mean(acc["mpjpe_fit"])) if acc.get("mpjpe_fit") else np.nan
-                res["pa_mpjpe_mm"] = float(np.mean(acc["pa_mpjpe_fit"])) if acc.get("pa_mpjpe_fit") else np.nan
-            gen_sig = camera_signals(label)
-            tgt_sig = camera_signals(lf.load_label(r.target_label_path)) if isinstance(r.target_label_path, str) \
-                else None
-            if gen_sig is not None and tgt_sig is not None:
-                res["camera_following"] = float(follows(gen_sig, tgt_sig))
-                res.update({f"camera_{k}_error": abs(gen_sig[k] - tgt_sig[k]) for k in CAMERA_SIGNAL_UNITS})
-            out.append(res)
-        return pd.DataFrame(out)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 # ------------------------------------------------------------------ tables
@@ -372,7 +318,7 @@ def summarise(scores: pd.DataFrame, set_level: Mapping[str, Mapping[str, float |
     if len(cross):
         static = cross["camera_category"] == "static"
         groups += [("cross_view / static camera", cross[static]), ("cross_view / moving camera", cross[~static])]
-    cols = [c for c in HIGHER_IS_BETTER if c in scores.columns]
+    cols = [c for c in registry.names() if c in scores.columns]
     rows = []
     for name, part in groups:
         if part.empty:
@@ -382,11 +328,12 @@ def summarise(scores: pd.DataFrame, set_level: Mapping[str, Mapping[str, float |
             row[key] = np.nan if isinstance(value, MetricUnavailable) else float(value)
         rows.append(row)
     table = pd.DataFrame(rows)
-    order = ["benchmark", "pairs"] + [c for c in HIGHER_IS_BETTER if c in table.columns]
+    order = ["benchmark", "pairs"] + [c for c in registry.names() if c in table.columns]
     return table[order] if len(table) else table
 
 
 def markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
-    arrows = {c: f"{c} {'↑' if up else '↓'}" for c, up in HIGHER_IS_BETTER.items()}
+    """The summary table in markdown, each metric column headed with its direction (`psnr ↑`)."""
+    arrows = {m.name: f"{m.name} {m.arrow}" for m in registry.METRICS.values()}
     body = table.rename(columns=arrows).to_markdown(index=False, floatfmt=".4g") if len(table) else "(no pairs)"
     return "\n".join([f"## {title}", "", body, "", *[f"- {n}" for n in notes], ""])

@@ -8,7 +8,8 @@ of videos (lengths may differ between pairs, never within one).
 - FID: the Fréchet distance between InceptionV3 pool3 features of all generated frames and all target frames.
 - FVD: the Fréchet distance between I3D features of 16-frame clips (StyleGAN-V's FVD).
 A metric whose weights are missing, or that the data cannot support, comes back as `MetricUnavailable`, never
-as a number. Mismatched or malformed inputs raise ValueError.
+as a number. Mismatched or malformed inputs raise ValueError. Which of them the benchmark reports, and how, is
+`dimo.evaluation.registry`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from .i3d import I3D_WEIGHTS_NAME, load_i3d
 from .inception import FID_WEIGHTS_NAME, load_fid_inception
 from .lpips_net import PLANS, load_lpips
 
-__all__ = ["MetricUnavailable", "WeightsConfig", "compute_all", "split_results", "ssim", "psnr", "lpips", "fid",
-           "fvd", "ssim_per_frame", "psnr_per_frame", "lpips_per_frame", "frechet_distance", "feature_stats"]
+__all__ = ["MetricUnavailable", "WeightsConfig", "ssim", "psnr", "lpips", "fid", "fvd", "ssim_per_frame",
+           "psnr_per_frame", "lpips_per_frame", "frechet_distance", "feature_stats"]
 
 Video = np.ndarray | torch.Tensor
 Videos = Video | Sequence[Video]
@@ -43,7 +44,6 @@ class WeightsConfig:
     """Where the metric networks' weights are, and how to run them. Relative paths: from the project root."""
 
     lpips_dir: str | Path = ".cache/weights/lpips"
-    lpips_backbones: tuple[str, ...] = ("alex", "vgg")  # the first one is also reported as plain "lpips"
     inception_path: str | Path = f".cache/weights/fid/{FID_WEIGHTS_NAME}"
     i3d_path: str | Path = f".cache/weights/fvd/{I3D_WEIGHTS_NAME}"
     fvd_num_frames: int = 16
@@ -62,10 +62,6 @@ class WeightsConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(cfg) - known):
             raise ValueError(f"unknown weights_config keys {unknown}; known: {sorted(known)}")
-        cfg = dict(cfg)
-        if "lpips_backbones" in cfg:
-            b = cfg["lpips_backbones"]
-            cfg["lpips_backbones"] = (b,) if isinstance(b, str) else tuple(b)
         return cls(**cfg)
 
 
@@ -366,31 +362,3 @@ def fvd(generated: Videos, target: Videos, i3d_path: str | Path = WeightsConfig.
         return torch.cat(out).numpy()
 
     return frechet_distance(*feature_stats(features(g)), *feature_stats(features(t)))
-
-
-# ----------------------------------------------------------------------------------------------- all together
-
-
-def compute_all(generated: Videos, target: Videos,
-                weights_config: WeightsConfig | Mapping | None = None) -> dict[str, float | MetricUnavailable]:
-    """Every Table-1 metric: ssim, psnr, lpips_<backbone> per configured backbone (the first also as "lpips"),
-    fid, fvd. Values are floats, or MetricUnavailable with the reason; bad inputs raise ValueError."""
-    cfg = WeightsConfig.from_any(weights_config)
-    pairs = _pairs(generated, target)  # validate once, up front, before any slow work
-    g, t = [a for a, _ in pairs], [b for _, b in pairs]
-    out: dict[str, float | MetricUnavailable] = {"ssim": ssim(g, t), "psnr": psnr(g, t)}
-    for b in cfg.lpips_backbones:
-        out[f"lpips_{b}"] = lpips(g, t, b, cfg.lpips_dir, cfg.device, cfg.batch_size)
-    if cfg.lpips_backbones:
-        first = out[f"lpips_{cfg.lpips_backbones[0]}"]
-        out["lpips"] = first if not isinstance(first, MetricUnavailable) else MetricUnavailable("lpips", first.reason)
-    out["fid"] = fid(g, t, cfg.inception_path, cfg.device, cfg.batch_size)
-    out["fvd"] = fvd(g, t, cfg.i3d_path, cfg.fvd_num_frames, cfg.fvd_clips, cfg.device, max(1, cfg.batch_size // 4))
-    return out
-
-
-def split_results(results: Mapping[str, float | MetricUnavailable]) -> tuple[dict[str, float], dict[str, str]]:
-    """(numbers, reasons): numbers to log as metrics, reasons to log as tags/text."""
-    numbers = {k: float(v) for k, v in results.items() if not isinstance(v, MetricUnavailable)}
-    reasons = {k: v.reason for k, v in results.items() if isinstance(v, MetricUnavailable)}
-    return numbers, reasons

@@ -7,6 +7,8 @@
 Scales: "tiny" (unit tests: 2 layers, 2 heads x 12, 64 px, 17 frames), "small"/"mid" (benchmarks), and the
 real-scale "wan2.1-t2v-1.3b" / "wan2.1-i2v-14b" (Wan2.1 dims; bf16 + gradient checkpointing; never built on CPU
 in tests). Variants (paper Table 2): "full", "channel_concat", "smpl_control", "no_hand", "no_geo".
+Adding a variant = its name in `VARIANTS`, its config edit in `apply_variant`, its Table 2 row in `TABLE2` (if the
+paper has one), and its entry in `ablation.variants` (conf/*/parameters_ablation.yml) to train it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,31 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 VARIANTS = ("full", "channel_concat", "smpl_control", "no_hand", "no_geo")
+
+
+@dataclass(frozen=True)
+class Table2Row:
+    label: str    # the row's name in 3DiMo Table 2
+    variant: str  # one of VARIANTS
+    stage: str    # the training stage after which it is scored
+    paper: dict   # the paper's numbers, by metric name (dimo.evaluation.registry)
+
+
+def _paper(ssim, psnr, lpips, fid, fvd) -> dict:
+    return {"ssim": ssim, "psnr": psnr, "lpips": lpips, "fid": fid, "fvd": fvd}
+
+
+# 3DiMo Table 2 in the paper's row order (SSIM, PSNR, LPIPS, FID, FVD on TikTok + internet videos, 121 frames at
+# 480p). "w/ stage 1 only" / "w/ stage 1 & 2" are the full model scored after its earlier stages.
+TABLE2 = (
+    Table2Row("w/ SMPL ctrl.", "smpl_control", "stage3", _paper(0.724, 17.1, 0.238, 39.7, 348.2)),
+    Table2Row("w/ stage 1 only", "full", "stage1", _paper(0.745, 18.3, 0.220, 40.5, 305.4)),
+    Table2Row("w/ stage 1 & 2", "full", "stage2", _paper(0.723, 17.9, 0.221, 38.2, 314.5)),
+    Table2Row("w/ channel concat.", "channel_concat", "stage3", _paper(0.703, 16.8, 0.304, 48.2, 395.6)),
+    Table2Row("w/o geo. superv.", "no_geo", "stage3", _paper(0.684, 15.8, 0.347, 51.3, 383.1)),
+    Table2Row("w/o hand enc.", "no_hand", "stage3", _paper(0.726, 17.5, 0.234, 38.1, 298.7)),
+    Table2Row("Full Model", "full", "stage3", _paper(0.739, 18.0, 0.221, 36.9, 297.4)),
+)
 
 
 @dataclass

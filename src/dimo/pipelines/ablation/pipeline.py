@@ -1,22 +1,22 @@
-"""One node per ablation variant (each trains three stages and scores them), then the table."""
+"""One node per known model variant (`dimo.models.configs.VARIANTS`; each trains three stages and scores them, or
+is skipped when `ablation.variants` leaves it out), then the table."""
 
 from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
+from dimo.models.configs import VARIANTS
+
 from .nodes import ablation_table, run_variant
 
-VARIANTS = ("full", "smpl_control", "channel_concat", "no_geo", "no_hand")  # keys of ablation.variants
+VARIANT_INPUTS = ["training_pairs", "latent_cache", "latent_codec", "preprocess_manifest", "deepspeed_config",
+                  "labelled_clip_table", "synthetic_clips", "ingested_clips", "params:training", "params:ablation",
+                  "params:evaluate", "params:pseudo_label"]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    nodes = [
-        Node(update_wrapper(partial(run_variant, name), run_variant),
-             ["training_pairs", "latent_cache", "latent_codec", "preprocess_manifest", "deepspeed_config",
-              "labelled_clip_table", "params:training", "params:ablation", "params:evaluate", "params:pseudo_label"],
-             f"ablation_{name}_result", name=f"ablation_{name}")
-        for name in VARIANTS
-    ]
+    nodes = [Node(update_wrapper(partial(run_variant, name), run_variant), VARIANT_INPUTS, f"ablation_{name}_result",
+                  name=f"ablation_{name}") for name in VARIANTS]
 
     def collect(*args):
         *results, params = args

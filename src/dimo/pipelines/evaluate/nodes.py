@@ -2,6 +2,8 @@
 
 The model is chosen by registry alias (`evaluate.model`, default `models:/dimo@champion`); the videos, the
 per-pair scores, the tables (markdown + csv) and a side-by-side montage go to data/ and to the MLflow run.
+Target clips come from the catalog's clip partitions (`synthetic_clips`, `ingested_clips`) by clip id; only an
+external-manifest row (a user file outside the catalog) is read by its path.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from dimo import inference, video_io
+from dimo import clip_table, inference, video_io
 from dimo.datasets import Video
 from dimo.evaluation import benchmark
 from dimo.evaluation.common import MetricUnavailable
@@ -32,8 +34,8 @@ def select_benchmark(clips: pd.DataFrame, manifest: pd.DataFrame | None, params:
     return out
 
 
-def generate_benchmark(pairs: pd.DataFrame, registration: dict | None, params: dict
-                       ) -> tuple[dict, dict, Video, dict]:
+def generate_benchmark(pairs: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
+                       registration: dict | None, params: dict) -> tuple[dict, dict, Video, dict]:
     """Generate every pair with the registered model: videos, side-by-side videos, a montage, timing."""
     model_uri = params["model"]
     dimo = inference.load(model_uri, device=params.get("device", "cpu"))
@@ -42,11 +44,12 @@ def generate_benchmark(pairs: pd.DataFrame, registration: dict | None, params: d
     generated = benchmark.generate(dimo, pairs, opts)
     seconds = time.perf_counter() - t0
     frames = sum(len(v) for v in generated.values())
+    clips = clip_table.clip_loaders(synthetic_clips, ingested_clips)
     sbs = {}
     for r in pairs.itertuples():
-        target = benchmark.read_target(r.target_path)
+        target = benchmark.target_frames(r, clips)
         reference = target[0] if r.reference_path == r.target_path else inference.read_image(r.reference_path)
-        driving = inference.read_video(r.driving_path)[0]
+        driving = benchmark.read_clip(r.driving_clip_id, r.driving_path, None if r.kind == "external" else clips)
         sbs[r.pair_id] = benchmark.side_by_side(reference, driving, generated[r.pair_id], target)
     montage = _montage([sbs[p] for p in pairs["pair_id"][: params["montage_pairs"]]])
     info = {"model": model_uri, "registration": registration, "pairs": len(pairs), "frames": frames,
@@ -66,18 +69,20 @@ def _montage(videos: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(rows, axis=1)
 
 
-def score_benchmark(pairs: pd.DataFrame, generated: dict, label_store, generation: dict, params: dict,
-                    label_params: dict) -> tuple[pd.DataFrame, pd.DataFrame, str, dict]:
+def score_benchmark(pairs: pd.DataFrame, generated: dict, synthetic_clips: dict | None, ingested_clips: dict | None,
+                    label_store, generation: dict, params: dict, label_params: dict
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, str, dict]:
     """Per-pair scores, the summary table (markdown + csv) and MLflow metrics."""
     videos = {p: (v() if callable(v) else v).frames for p, v in generated.items()}
+    clips = clip_table.clip_loaders(synthetic_clips, ingested_clips)
     weights = params["weights"]
     t0 = time.perf_counter()
     scores = benchmark.score(pairs, videos, params["metrics"], weights,
-                             label_params if params["pose"] else None, label_store)
+                             label_params if params["pose"] else None, label_store, clips=clips)
     set_level = {}
     for kind in scores["kind"].unique():
         part = pairs[pairs["kind"] == kind]
-        set_level[kind] = benchmark.set_metrics(part, videos, weights)
+        set_level[kind] = benchmark.set_metrics(part, videos, weights, clips=clips)
     seconds = time.perf_counter() - t0
     table = benchmark.summarise(scores, set_level)
     notes = [f"model {generation['model']}; {generation['sampling']['num_steps']} sampling steps, text guidance "
@@ -88,7 +93,7 @@ def score_benchmark(pairs: pd.DataFrame, generated: dict, label_store, generatio
 
         codec = LatentCodec.from_pretrained(str(inference.model_folder(generation["model"]) / "codec"),
                                             subfolder="vae")
-        codec_row = benchmark.codec_reference(pairs, codec, params["metrics"], weights)
+        codec_row = benchmark.codec_reference(pairs, codec, params["metrics"], weights, clips=clips)
         table = pd.concat([table, pd.DataFrame([{"benchmark": "codec reconstruction (VAE only)", **codec_row}])],
                           ignore_index=True)
         notes.append("codec reconstruction: each target encoded and decoded by the model's VAE alone, what perfect "

@@ -8,13 +8,15 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(select_benchmark, ["labelled_clip_table", "benchmark_manifest", "params:evaluate"],
                  "benchmark_pairs", name="select_benchmark"),
-            # stage3_registration only orders evaluate after training in the default chain; the model is
-            # evaluate.model (a registry alias).
-            Node(generate_benchmark, ["benchmark_pairs", "stage3_registration", "params:evaluate"],
+            # Target (and driving) clips are read from the clip partitions by clip id. stage3_registration only
+            # orders evaluate after training in the default chain; the model is evaluate.model (a registry alias).
+            Node(generate_benchmark, ["benchmark_pairs", "synthetic_clips", "ingested_clips", "stage3_registration",
+                                      "params:evaluate"],
                  ["benchmark_videos", "benchmark_side_by_side", "benchmark_montage", "benchmark_generation"],
                  name="generate_benchmark"),
-            Node(score_benchmark, ["benchmark_pairs", "benchmark_videos", "benchmark_label_store",
-                                   "benchmark_generation", "params:evaluate", "params:pseudo_label"],
+            Node(score_benchmark, ["benchmark_pairs", "benchmark_videos", "synthetic_clips", "ingested_clips",
+                                   "benchmark_label_store", "benchmark_generation", "params:evaluate",
+                                   "params:pseudo_label"],
                  ["benchmark_scores", "benchmark_table_csv", "benchmark_table_md", "benchmark_metrics"],
                  name="score_benchmark"),
         ]
