@@ -2,7 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
-from dimo.hooks import ProjectHooks
+from dimo.hooks import PreflightHooks, ProjectHooks
 
 HOOKS = (PreflightHooks(), ProjectHooks())
 

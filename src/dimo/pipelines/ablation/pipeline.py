@@ -16,7 +16,7 @@ VARIANT_INPUTS = ["training_pairs", "latent_cache", "latent_codec", "preprocess_
 
 def create_pipeline(**kwargs) -> Pipeline:
     nodes = [Node(update_wrapper(partial(run_variant, name), run_variant), VARIANT_INPUTS, f"ablation_{name}_result",
-                  name=f"ablation_{name}") for name in VARIANTS]
+                  name=f"ablation_{name}", tags=["starts_from.ablation.base"]) for name in VARIANTS]
 
     def collect(*args):
         *results, params = args

@@ -13,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(generate_benchmark, ["benchmark_pairs", "synthetic_clips", "ingested_clips", "stage3_registration",
                                       "params:evaluate"],
                  ["benchmark_videos", "benchmark_side_by_side", "benchmark_montage", "benchmark_generation"],
-                 name="generate_benchmark"),
+                 name="generate_benchmark", tags=["starts_from.evaluate.model"]),  # dimo.preflight checks it
             Node(score_benchmark, ["benchmark_pairs", "benchmark_videos", "synthetic_clips", "ingested_clips",
                                    "benchmark_label_store", "benchmark_generation", "params:evaluate",
                                    "params:pseudo_label"],
