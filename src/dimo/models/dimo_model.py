@@ -41,6 +41,19 @@ LATENT_CHANNELS = 16
 MASK_CHANNELS = 4  # Wan I2V: the 4 pixel frames of each latent frame, 1 = given (reference)
 
 
+def _own_memory(module: nn.Module) -> None:
+    """Give every loaded tensor memory of its own. Safetensors loads views into the file's buffer at arbitrary
+    offsets, and CPU kernels take other vector paths on unaligned memory: a loaded model would then differ from
+    the saved one in the last bit, and a registry round trip or a resume would not be exact."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data = p.data.clone()
+        for sub in module.modules():
+            for name, b in list(sub._buffers.items()):
+                if b is not None:
+                    sub._buffers[name] = b.clone()
+
+
 class DimoModel(nn.Module):
     COMPONENTS = {"generator": DimoWanTransformer, "body_encoder": MotionEncoder, "hand_encoder": MotionEncoder,
                   "pose_tokenizer": PoseTokenizer, "geometric_decoder": GeometricDecoder,
@@ -98,6 +111,7 @@ class DimoModel(nn.Module):
         for name, klass in cls.COMPONENTS.items():
             if name != "generator" and getattr(model, name) is not None:
                 setattr(model, name, klass.from_pretrained(os.path.join(directory, name)))
+        _own_memory(model)
         return model.to(torch_dtype) if torch_dtype is not None else model
 
     def enable_gradient_checkpointing(self) -> None:
