@@ -20,7 +20,8 @@ import yaml
 
 from dimo import video_io
 from dimo.datasets import VideoDataset
-from dimo.labelling import accuracy, detect, label_format as lf, labeller
+from dimo.labelling import accuracy, detect, labeller
+from dimo.labelling import label_format as lf
 from dimo.labelling.body_models import make_backend
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,13 +17,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from dimo.datasets import OptionalYAMLDataset
+from dimo.datasets import OptionalYAMLDataset, OptunaStudyDataset
 from dimo.models.schedules import AnnealSchedule
 from dimo.pipeline_registry import DEFAULT_CHAIN
 from dimo.sweeps import objective as sweep_objective
 from dimo.sweeps import proxy as sweep_proxy
 from dimo.sweeps import study as sweep_study
-from dimo.datasets import OptunaStudyDataset
 from dimo.training import nodes as train_nodes
 from dimo.training.stages import PAPER_STAGES, StageResult
 from tests.conftest import VENV_BIN, run_cli, smoke_project

@@ -14,8 +14,12 @@ from kedro_datasets.partitions import PartitionedDataset
 from dimo import clip_table
 from dimo.datasets import OptionalPartitionedDataset
 from dimo.pipelines.ingest.nodes import ingest_videos
-from dimo.pipelines.validate.nodes import (apply_validation_gate, combine_clip_tables, profile_clips,
-                                           run_expectation_suite)
+from dimo.pipelines.validate.nodes import (
+    apply_validation_gate,
+    combine_clip_tables,
+    profile_clips,
+    run_expectation_suite,
+)
 from tests.conftest import PROJECT_ROOT
 
 SMOKE = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), env="smoke", base_env="base",

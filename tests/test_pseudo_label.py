@@ -15,7 +15,8 @@ import yaml
 
 from dimo import video_io
 from dimo.datasets import VideoDataset
-from dimo.labelling import fit, label_format as lf, labeller, quality
+from dimo.labelling import fit, labeller, quality
+from dimo.labelling import label_format as lf
 
 ROOT = Path(__file__).resolve().parents[1]
 CARPHONE = ROOT / "data" / "01_raw" / "videos" / "carphone.mp4"
@@ -152,7 +153,7 @@ def test_fit_hands_recovers_curls(anny):
 
 # ------------------------------------------------------------------------------------------------ detection
 def test_detection_finds_person_on_carphone():
-    from dimo.labelling.detect import Detector, DetectConfig
+    from dimo.labelling.detect import DetectConfig, Detector
 
     det = Detector(DetectConfig(second_pass_stride=8))
     try:

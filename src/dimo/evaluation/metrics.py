@@ -52,7 +52,7 @@ class WeightsConfig:
     batch_size: int = 16
 
     @classmethod
-    def from_any(cls, cfg: "WeightsConfig | Mapping | None") -> "WeightsConfig":
+    def from_any(cls, cfg: WeightsConfig | Mapping | None) -> WeightsConfig:
         if cfg is None:
             return cls()
         if isinstance(cfg, cls):

@@ -18,10 +18,28 @@ runner and its `Result`), `api` (loading a model and the one-call functions). Im
 """
 
 from dimo.inference.api import animate, load, model_folder, novel_view, resolve_device, stabilize
-from dimo.inference.inputs import (DEFAULT_ACTION, DEFAULT_MODEL, DEFAULT_SUBJECT, FPS_TOLERANCE, MIN_FRAMES,
-                                   MODEL_FPS, InferenceError, Job, Options, build_prompt, camera_key,
-                                   driving_indices, load_keypoints, load_pose, prepare_animate, prepare_novel_view,
-                                   prepare_stabilize, read_image, read_video, usable_frames)
+from dimo.inference.inputs import (
+                                   DEFAULT_ACTION,
+                                   DEFAULT_MODEL,
+                                   DEFAULT_SUBJECT,
+                                   FPS_TOLERANCE,
+                                   MIN_FRAMES,
+                                   MODEL_FPS,
+                                   InferenceError,
+                                   Job,
+                                   Options,
+                                   build_prompt,
+                                   camera_key,
+                                   driving_indices,
+                                   load_keypoints,
+                                   load_pose,
+                                   prepare_animate,
+                                   prepare_novel_view,
+                                   prepare_stabilize,
+                                   read_image,
+                                   read_video,
+                                   usable_frames,
+)
 from dimo.inference.runner import Dimo, Result
 
 __all__ = ["DEFAULT_ACTION", "DEFAULT_MODEL", "DEFAULT_SUBJECT", "FPS_TOLERANCE", "MIN_FRAMES", "MODEL_FPS", "Dimo",

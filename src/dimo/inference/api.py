@@ -8,8 +8,15 @@ from pathlib import Path
 
 import torch
 
-from dimo.inference.inputs import (DEFAULT_MODEL, InferenceError, Options, one_line, prepare_animate,
-                                   prepare_novel_view, prepare_stabilize)
+from dimo.inference.inputs import (
+    DEFAULT_MODEL,
+    InferenceError,
+    Options,
+    one_line,
+    prepare_animate,
+    prepare_novel_view,
+    prepare_stabilize,
+)
 from dimo.inference.runner import Dimo, Result
 
 

@@ -12,8 +12,16 @@ import numpy as np
 import torch
 
 from dimo import video_io
-from dimo.inference.inputs import (InferenceError, Job, Options, driving_indices, prepare_animate,
-                                   prepare_novel_view, prepare_stabilize, usable_frames)
+from dimo.inference.inputs import (
+    InferenceError,
+    Job,
+    Options,
+    driving_indices,
+    prepare_animate,
+    prepare_novel_view,
+    prepare_stabilize,
+    usable_frames,
+)
 
 log = logging.getLogger(__name__)
 

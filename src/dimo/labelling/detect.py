@@ -36,7 +36,7 @@ class DetectConfig:
     blank_std: float = 4.0  # per-frame pixel std (0-255) below which a frame is blank
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "DetectConfig":
+    def from_params(cls, params: dict | None) -> DetectConfig:
         params = params or {}
         return cls(**{k: v for k, v in params.items() if k in cls.__dataclass_fields__})
 

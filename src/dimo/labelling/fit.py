@@ -51,7 +51,7 @@ class FitConfig:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, params: dict | None) -> "FitConfig":
+    def from_params(cls, params: dict | None) -> FitConfig:
         params = dict(params or {})
         known = {k: params.pop(k) for k in list(params) if k in cls.__dataclass_fields__}
         return cls(**known, extra=params)

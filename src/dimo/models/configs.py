@@ -83,7 +83,7 @@ class DimoConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DimoConfig":
+    def from_dict(cls, d: dict) -> DimoConfig:
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         for key in ("hand_crop_size",):

@@ -80,7 +80,7 @@ class DimoModel(nn.Module):
     # ------------------------------------------------------------------ construction / persistence
     @classmethod
     def from_stock_pretrained(cls, config: DimoConfig | str, wan_path: str, subfolder: str | None = "transformer",
-                              torch_dtype: torch.dtype | None = None) -> "DimoModel":
+                              torch_dtype: torch.dtype | None = None) -> DimoModel:
         """Generator from a local stock Wan2.1 diffusers folder; encoders/decoder freshly initialised."""
         config = get_config(config) if isinstance(config, str) else copy.deepcopy(config)
         if subfolder and not os.path.isdir(os.path.join(wan_path, subfolder)):
@@ -104,7 +104,7 @@ class DimoModel(nn.Module):
                 part.save_pretrained(os.path.join(directory, name), **kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory: str, torch_dtype: torch.dtype | None = None) -> "DimoModel":
+    def from_pretrained(cls, directory: str, torch_dtype: torch.dtype | None = None) -> DimoModel:
         with open(os.path.join(directory, CONFIG_NAME)) as f:
             config = DimoConfig.from_dict(json.load(f))
         model = cls(config, generator=DimoWanTransformer.from_pretrained(os.path.join(directory, "generator")))

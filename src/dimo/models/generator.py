@@ -287,7 +287,7 @@ class DimoWanTransformer(WanTransformer3DModel):
     # ------------------------------------------------------------------ loading stock Wan weights
     @classmethod
     def from_stock_pretrained(cls, pretrained_path: str, subfolder: str | None = None,
-                              torch_dtype: torch.dtype | None = None, **motion_args) -> "DimoWanTransformer":
+                              torch_dtype: torch.dtype | None = None, **motion_args) -> DimoWanTransformer:
         """Build from a local diffusers Wan2.1 transformer folder (e.g. Wan2.1-T2V-1.3B-Diffusers/transformer).
 
         `from_config(stock_cfg | motion_args)` with init skipped, stock weights loaded with strict=False; only

@@ -36,14 +36,14 @@ class FrozenTextEncoder(nn.Module):
         self.kind = kind
 
     @classmethod
-    def minilm(cls, max_length: int = 64) -> "FrozenTextEncoder":
+    def minilm(cls, max_length: int = 64) -> FrozenTextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         path = minilm_path()
         return cls(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), max_length, "minilm")
 
     @classmethod
-    def umt5(cls, path: str, max_length: int = 512, torch_dtype=torch.bfloat16) -> "FrozenTextEncoder":
+    def umt5(cls, path: str, max_length: int = 512, torch_dtype=torch.bfloat16) -> FrozenTextEncoder:
         """`path`: a local Wan2.1 diffusers folder (with text_encoder/ and tokenizer/)."""
         from transformers import AutoTokenizer, UMT5EncoderModel
 

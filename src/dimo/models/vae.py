@@ -27,13 +27,13 @@ class LatentCodec(nn.Module):
         self.register_buffer("std", torch.tensor(c.latents_std).view(1, -1, 1, 1, 1), persistent=False)
 
     @classmethod
-    def from_pretrained(cls, path: str, subfolder: str | None = "vae", torch_dtype=None) -> "LatentCodec":
+    def from_pretrained(cls, path: str, subfolder: str | None = "vae", torch_dtype=None) -> LatentCodec:
         if subfolder and not os.path.isdir(os.path.join(path, subfolder)):
             subfolder = None  # path already points at the vae folder
         return cls(AutoencoderKLWan.from_pretrained(path, subfolder=subfolder, torch_dtype=torch_dtype))
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "LatentCodec":
+    def tiny(cls, seed: int = 0) -> LatentCodec:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             return cls(AutoencoderKLWan(**TINY_VAE_CONFIG))

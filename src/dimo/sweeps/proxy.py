@@ -21,9 +21,9 @@ import optuna
 import pandas as pd
 from tqdm.auto import tqdm
 
+from dimo.datasets import StudyStorage
 from dimo.sweeps import objective as sweep_objective
 from dimo.sweeps import study as sweep_study
-from dimo.datasets import StudyStorage
 from dimo.training.stages import PAPER_STAGES, StageResult, run_chain
 
 log = logging.getLogger(__name__)

@@ -102,7 +102,7 @@ class Scene:
     light_dir: tuple = (0.4, -0.5, 0.75)
 
     @staticmethod
-    def sample(rng: np.random.Generator) -> "Scene":
+    def sample(rng: np.random.Generator) -> Scene:
         """A random sky gradient (day / dusk / overcast hues), ground checker colours and sun direction."""
         hue = rng.uniform(0, 1, 3)
         zenith = np.clip(np.array([0.25, 0.45, 0.85]) + (hue - 0.5) * np.array([0.5, 0.3, 0.3]), 0, 1)

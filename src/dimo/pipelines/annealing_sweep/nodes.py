@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dimo.datasets import StudyStorage
 from dimo.sweeps import proxy, results
 from dimo.sweeps import study as sweep_study
-from dimo.datasets import StudyStorage
 
 
 def run_annealing_sweep(storage: StudyStorage, clips: pd.DataFrame, pairs: pd.DataFrame, cache: dict, codec,
