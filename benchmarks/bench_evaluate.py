@@ -1,4 +1,5 @@
-"""Evaluation throughput on this machine (CPU): frames per second of each registered per-pair metric, of the pseudo-labeller
+"""Evaluation throughput on this machine (CPU): frames per second of each registered per-pair metric, of the \
+pseudo-labeller
 run on generated frames (pose accuracy / camera following), and of generation with a tiny model through the
 inference API, at the toy benchmark's size (33 frames, 128 x 128).
 
@@ -51,8 +52,8 @@ def main() -> None:
     target = [rng.integers(0, 256, (T, S, S, 3), dtype=np.uint8) for _ in range(N)]
     generated = [np.clip(v.astype(np.int16) + rng.integers(-30, 30, v.shape), 0, 255).astype(np.uint8) for v in target]
     n = T * N
-    out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                       "load_before": os.getloadavg()},
+    out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "python": platform.python_version(), "load_before": os.getloadavg()},
            "shape": {"videos": N, "frames": T, "size": S}, "metrics": {}}
     weights = M.WeightsConfig()
     for name in registry.names("pair"):

@@ -39,7 +39,8 @@ def main() -> None:
     if primary.is_file():
         table = pd.read_parquet(primary)
     else:  # validate has not run (or is running): the synthetic table + the ingested user clips
-        parts = [ROOT / "data/01_raw/synthetic/clip_table.parquet", ROOT / "data/02_intermediate/ingested/clip_table.parquet"]
+        parts = [ROOT / "data/01_raw/synthetic/clip_table.parquet",
+                 ROOT / "data/02_intermediate/ingested/clip_table.parquet"]
         table = pd.concat([pd.read_parquet(p) for p in parts if p.is_file()], ignore_index=True)
     syn = table[table["source"] == "synthetic"]
     # Spread the chosen clips over camera azimuths.

@@ -99,7 +99,8 @@ def make_random_cache(folder: Path, n_groups: int = 4, views: int = 2) -> None:
             kp = torch.rand(T, 2, 21, 3, generator=g)
             kp[..., :2] *= 64
             save_file({"latents": torch.randn(16, 9, 16, 16, generator=g),
-                       "text_embeddings": torch.randn(32, 384, generator=g), "text_mask": torch.ones(32, dtype=torch.uint8),
+                       "text_embeddings": torch.randn(32, 384, generator=g),
+                       "text_mask": torch.ones(32, dtype=torch.uint8),
                        "driving_frames": torch.randint(0, 256, (T, 3, 64, 64), generator=g, dtype=torch.uint8),
                        "hand_keypoints": kp, "wrist_keypoints": torch.rand(T, 2, 3, generator=g) * 64,
                        "pose_targets": torch.randn(T, 306, generator=g), "pose_valid": torch.ones(T, 306)},
@@ -601,7 +602,8 @@ def summarize_run(r: dict, warmup: int, flops_per_row: list[int]) -> dict:
         "mode": r["mode"], "step_s": [round(x, 5) for x in r["step_s"]],
         **throughput(r["step_s"][steady], sf[steady], r["global_batch"]),
         "matmul_flops_per_s": max(r["matmul_flops_per_s_before"], r["matmul_flops_per_s_after"]),
-        "deepspeed_initialize_s": r.get("deepspeed_initialize_s"), "mlflow_store_setup_s": r.get("mlflow_store_setup_s"),
+        "deepspeed_initialize_s": r.get("deepspeed_initialize_s"),
+        "mlflow_store_setup_s": r.get("mlflow_store_setup_s"),
         "setup_in_call_s": r["first_step_start_after_call_s"], "checkpoint_s": r.get("checkpoint_s"),
         "warmup_extra_s": sum(r["step_s"][:warmup]) - warmup * statistics.median(r["step_s"][steady]),
         "mlflow_log_calls": len(logs), "mlflow_log_call_s_median": statistics.median(logs) if logs else None,
@@ -644,7 +646,8 @@ def aggregate(name: str, runs: list[dict], flops: dict, args, spec: dict) -> dic
             "overhead_pct_per_run": [100 * statistics.median(r["paired_diff_s"]) / r["bare"]["step_s_median"]
                                      for r in inter],
             "overhead_pct_of_min_steps": pct(min(proj_all), min(bare_all)),
-            "bare": {k: statistics.median(r["bare"][k] for r in inter) for k in ("samples_per_s", "achieved_flops_per_s")},
+            "bare": {k: statistics.median(r["bare"][k] for r in inter)
+                     for k in ("samples_per_s", "achieved_flops_per_s")},
             "project": {k: statistics.median(r[k] for r in inter) for k in ("samples_per_s", "achieved_flops_per_s")},
             "loss_max_rel_diff_bare_vs_project": max((r["loss_max_rel_diff"] or 0.0) for r in inter),
             "loss_steps_compared": sum(r["loss_steps_compared"] for r in inter),
@@ -700,7 +703,8 @@ def aggregate(name: str, runs: list[dict], flops: dict, args, spec: dict) -> dic
             e = {"step_s_median": r["step_s_median"], "samples_per_s": r["samples_per_s"],
                  "peak_rss_train_mb": r["memory"]["peak_rss_train_mb"]}
             if "paired_diff_s" in r:
-                e["overhead_pct_vs_bare_interleaved"] = 100 * statistics.median(r["paired_diff_s"]) / r["bare"]["step_s_median"]
+                e["overhead_pct_vs_bare_interleaved"] = (100 * statistics.median(r["paired_diff_s"])
+                                                         / r["bare"]["step_s_median"])
             if extra == "run_stage":
                 e["sample_grid"], e["end_of_stage_s"] = r["sample_grid"], r["after_checkpoint_s"]
             res[extra] = e
@@ -785,7 +789,8 @@ def main():
                          if "bare" in s else "")
                 print(f"  {name:5s} {mode:11s} #{r}: step median {s['step_s_median'] * 1e3:6.1f} ms (min "
                       f"{s['step_s_min'] * 1e3:6.1f}), {s['samples_per_s']:5.2f} samples/s, peak RSS "
-                      f"{s['memory']['peak_rss_train_mb']:.0f} MB, load {s['loadavg'][0]:.1f}->{s['loadavg'][1]:.1f}{extra}",
+                      f"{s['memory']['peak_rss_train_mb']:.0f} MB, load "
+                      f"{s['loadavg'][0]:.1f}->{s['loadavg'][1]:.1f}{extra}",
                       flush=True)
             results.append(aggregate(name, runs, flops, args, spec))
         matmul_after = max(matmul_flops_per_s(512), matmul_flops_per_s(1024))
@@ -802,7 +807,8 @@ def main():
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": args.threads or torch.get_num_threads(),
                     "loadavg_start": load_before, "loadavg_end": os.getloadavg(),
-                    "note": "2 cores shared with other jobs: paired (interleaved) comparisons, medians, loadavg per run"},
+                    "note": "2 cores shared with other jobs: paired (interleaved) comparisons, medians, "
+                            "loadavg per run"},
         "data": data["source"], "stage": args.stage, "env": args.env, "deepspeed_config": ds_name,
         "batch": params["batch"], "log_every": log_every, "steps_per_run": args.steps, "warmup_steps": args.warmup,
         "matmul_fp32_flops_per_s": peak, "matmul_fp32_flops_per_s_before_after": [matmul_before, matmul_after],
@@ -829,8 +835,10 @@ def report(out: dict) -> None:
                 x = i[key]
                 print(f"    {label:36s} step median {i[key + '_step_s_median'] * 1e3:6.1f} ms (min "
                       f"{i[key + '_step_s_min'] * 1e3:6.1f})  {x['samples_per_s']:6.2f} samples/s  "
-                      f"{x['achieved_flops_per_s'] / 1e9:5.2f} GFLOP/s = {100 * x['fraction_of_matmul']:.1f}% of matmul")
-            print(f"    overhead: {c['overhead_ms_per_step']:+.1f} ms/step = {c['overhead_pct']:+.1f}% (median of paired "
+                      f"{x['achieved_flops_per_s'] / 1e9:5.2f} GFLOP/s = "
+                      f"{100 * x['fraction_of_matmul']:.1f}% of matmul")
+            print(f"    overhead: {c['overhead_ms_per_step']:+.1f} ms/step = {c['overhead_pct']:+.1f}% "
+                  f"(median of paired "
                   f"differences; per process {[round(x, 1) for x in i['overhead_pct_per_run']]}, of fastest steps "
                   f"{i['overhead_pct_of_min_steps']:+.1f}%); target <= 5%: {'met' if c['meets_target'] else 'NOT met'}")
             print(f"    losses bare vs train_stage: max rel diff {i['loss_max_rel_diff_bare_vs_project']:.1e} over "
@@ -838,7 +846,8 @@ def report(out: dict) -> None:
         sp = c.get("separate_processes")
         if sp:
             print(f"  separate processes: bare {sp['bare']['step_s_median_of_runs'] * 1e3:.1f} ms/step, train_stage "
-                  f"{sp['project']['step_s_median_of_runs'] * 1e3:.1f} ms/step ({sp['overhead_pct_median_of_medians']:+.1f}%,"
+                  f"{sp['project']['step_s_median_of_runs'] * 1e3:.1f} ms/step "
+                  f"({sp['overhead_pct_median_of_medians']:+.1f}%,"
                   f" process-to-process noise included)")
         for m, x in c["memory_mb"].items():
             print(f"  peak RSS {m:8s}: {x['peak_rss_train']:.0f} MB (before training {x['rss_before_train']:.0f} MB, "
@@ -859,13 +868,15 @@ def report(out: dict) -> None:
                       f"{x['peak_rss_train_mb']:.0f} MB{more}")
         if c["measured_under_load"]:
             print(f"  WARNING: measured under load (max loadavg {c['max_loadavg_1min']:.1f} on {os.cpu_count()} cores, "
-                  f"slowest worker matmul {100 * c['min_matmul_ratio_in_workers']:.0f}% of the best): re-run when quiet")
+                  f"slowest worker matmul {100 * c['min_matmul_ratio_in_workers']:.0f}% of the best): "
+                  f"re-run when quiet")
     for r in out["real_scale"]:
         print(f"[{r['config']}] {r['params_total'] / 1e9:.3f} B params, {r['tokens_per_sample']} tokens/sample: "
               f"{r['flops_per_sample_counted'] / 1e12:.0f} TFLOP/sample counted (formula 6NL + 12lL^2d = "
               f"{r['flops_formula_6NL'] / 1e12:.0f} + {r['flops_formula_attention_12lL2d'] / 1e12:.0f} = "
               f"{r['flops_formula_total'] / 1e12:.0f}); bf16 activations with checkpointing "
-              f"{r['activation_gib_checkpointed_saved']:.1f} GiB + one re-run block {r['activation_gib_one_block_recomputed']:.1f}"
+              f"{r['activation_gib_checkpointed_saved']:.1f} GiB + one re-run block "
+              f"{r['activation_gib_one_block_recomputed']:.1f}"
               f" GiB = {r['activation_gib_peak_estimate']:.1f} GiB")
 
 

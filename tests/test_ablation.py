@@ -35,7 +35,8 @@ def test_each_variant_trains_its_own_chain_from_the_shared_base_with_the_same_se
         assert p["stages"]["stage1"]["init"] == "models:/dimo@base"  # the same start for every variant
         assert p["stages"]["stage2"]["init"] == f"models:/dimo-ablation-{name}@stage1"
         assert p["stages"]["stage3"]["init"] == f"models:/dimo-ablation-{name}@stage2"
-        assert [p["stages"][s]["aliases"] for s in ("stage1", "stage2", "stage3")] == [["stage1"], ["stage2"], ["stage3"]]
+        assert ([p["stages"][s]["aliases"] for s in ("stage1", "stage2", "stage3")]
+                == [["stage1"], ["stage2"], ["stage3"]])
         assert p["seed"] == training["seed"] and p["model"]["transfer_from_other_variant"]
         assert p["checkpoint_dir"].endswith(f"/ablation/{name}")
         for s in ("stage1", "stage2", "stage3"):

@@ -245,7 +245,9 @@ def training_params() -> dict:
 def test_best_params_apply_only_with_the_flag_and_a_missing_file_says_what_to_run(tmp_path):
     path = tmp_path / "best.yml"
     assert OptionalYAMLDataset(str(path)).load() is None
-    with pytest.raises(FileNotFoundError, match=r"annealing_best_params file .* does not exist: run `kedro run --pipelines=annealing_sweep`"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"annealing_best_params file .* does not exist: "
+                             r"run `kedro run --pipelines=annealing_sweep`"):
         train_nodes.effective_params("stage2", training_params(), OptionalYAMLDataset(str(path)).load())
     OptionalYAMLDataset(str(path)).save({"study": "s", "trial": 3, "lr": 2e-3,
                                          "geometric_loss": {"start": 0.3, "end_step": 9, "shape": "step"}})

@@ -22,8 +22,8 @@ def clips() -> pd.DataFrame:
     rows += [(f"m{v}", "mv", "multi_view", "static", "test") for v in range(3)]
     rows += [(f"c{v}", "mc", "moving_camera", m, "test") for v, m in enumerate(("arc_left_30", "zoom_in"))]
     table = pd.DataFrame(rows, columns=["clip_id", "group_id", "supervision", "camera_motion", "split"])
-    return table.assign(path=[f"{c}.mp4" for c in table["clip_id"]], caption="A person moves. The camera remains static.",
-                        label_path=None, gt_path=None)
+    return table.assign(path=[f"{c}.mp4" for c in table["clip_id"]],
+                        caption="A person moves. The camera remains static.", label_path=None, gt_path=None)
 
 
 def test_benchmark_pairs_are_every_clip_and_every_ordered_view_pair_of_the_split():

@@ -159,8 +159,10 @@ def test_blank_frozen_and_lonely_multiview_clips_are_quarantined(tmp_path, write
     write_clip(raw / "still.mp4", n=20, kind="frozen")
     write_clip(raw / "ok.mp4", n=20)
     manifest = pd.DataFrame([
-        {"path": "black.mp4", "group_id": "b", "view_id": "0", "camera_motion": "static", "caption": "x", "split": "train"},
-        {"path": "still.mp4", "group_id": "s", "view_id": "0", "camera_motion": "static", "caption": "x", "split": "train"},
+        {"path": "black.mp4", "group_id": "b", "view_id": "0", "camera_motion": "static", "caption": "x",
+         "split": "train"},
+        {"path": "still.mp4", "group_id": "s", "view_id": "0", "camera_motion": "static", "caption": "x",
+         "split": "train"},
         {"path": "ok.mp4", "group_id": "o", "view_id": "0", "camera_motion": "static", "caption": "x", "split": "val",
          "supervision": "multi_view"}])
     table, rejects = run_ingest(raw, ingest_p, manifest)

@@ -185,7 +185,8 @@ def _hands_clip(n: int) -> np.ndarray:
     E[:3, :3] = cameras.look_at(eye, tgt)
     E[:3, 3] = -E[:3, :3] @ eye
     K = np.array([[420.0, 0, W / 2], [0, 420.0, H / 2], [0, 0, 1]])
-    img = render.renderer(W, H).render(verts["vertices"].float().numpy(), body.vertex_colors(body.sample_identities(1, 0)[0]),
+    img = render.renderer(W, H).render(verts["vertices"].float().numpy(),
+                                       body.vertex_colors(body.sample_identities(1, 0)[0]),
                                        K[None], E[None], render.Scene())[0]
     x0 = np.linspace(16, 128, n).round().astype(int)
     return np.stack([img[:, x: x + 224] for x in x0])

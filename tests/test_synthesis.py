@@ -235,7 +235,7 @@ def test_retargeting_keeps_facing_and_sides():
         hands = motion.animate_hands(17, 16, rng)
         posed = motion.retarget(model, win, body.sample_identities(1, 0)[0].phenotype(), hands)
         idx = {b: i for i, b in enumerate(model.bone_labels)}
-        head = lambda b: posed.bone_poses[:, idx[b], :3, 3]  # noqa: E731
+        head = lambda b, posed=posed, idx=idx: posed.bone_poses[:, idx[b], :3, 3]  # noqa: E731
         travel = head("root")[-1] - head("root")[0]
         travel[2] = 0
         left = head("upperleg01.L") - head("upperleg01.R")

@@ -73,7 +73,8 @@ def _category(key) -> str:
 def _pair_row(kind: str, drv, tgt) -> dict:
     label = getattr(drv, "label_path", None)
     gt = getattr(tgt, "gt_path", None)
-    return {"pair_id": f"{kind[:5]}-{drv.clip_id}--{tgt.clip_id}" if kind != "reconstruction" else f"recon-{tgt.clip_id}",
+    return {"pair_id": (f"{kind[:5]}-{drv.clip_id}--{tgt.clip_id}" if kind != "reconstruction"
+                        else f"recon-{tgt.clip_id}"),
             "kind": kind, "driving_clip_id": drv.clip_id, "target_clip_id": tgt.clip_id, "group_id": tgt.group_id,
             "driving_path": drv.path, "reference_path": tgt.path, "target_path": tgt.path,
             "keypoints_path": label if isinstance(label, str) and label else None, "prompt": tgt.caption,

@@ -50,5 +50,6 @@ def load_i3d(path: str | Path, device: str | torch.device = "cpu") -> I3DFeature
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
             detector = torch.jit.load(str(path), map_location=device)
     except RuntimeError as err:
-        raise ValueError(f"{path} is not a TorchScript module (expected StyleGAN-V's {I3D_WEIGHTS_NAME}): {err}") from err
+        raise ValueError(f"{path} is not a TorchScript module (expected StyleGAN-V's {I3D_WEIGHTS_NAME}): "
+                         f"{err}") from err
     return I3DFeatures(detector.eval())

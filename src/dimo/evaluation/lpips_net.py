@@ -106,7 +106,8 @@ def load_lpips(backbone: str, weights_dir: str | Path, device: str | torch.devic
         raise ValueError(f"{path} holds LPIPS weights for backbone {meta['backbone']!r}, not {backbone!r}")
     state = load_file(str(path))
     want = net.state_dict()
-    bad = {k: (tuple(state[k].shape), tuple(v.shape)) for k, v in want.items() if k in state and state[k].shape != v.shape}
+    bad = {k: (tuple(state[k].shape), tuple(v.shape)) for k, v in want.items()
+           if k in state and state[k].shape != v.shape}
     if bad or set(state) != set(want):
         raise ValueError(f"{path} does not fit LPIPSNet({backbone!r}): missing {sorted(set(want) - set(state))}, "
                          f"unexpected {sorted(set(state) - set(want))}, shape mismatches (file, model) {bad}")

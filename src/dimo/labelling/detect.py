@@ -166,7 +166,7 @@ class Detector:
             wr = out.pose2d[t, list(POSE_WRIST), :2]
             scale = max(np.ptp(out.pose2d[t, :, 0]), np.ptp(out.pose2d[t, :, 1]), 1.0)
             scored = []
-            for i, (side, score, xy, _) in enumerate(cands):
+            for i, (side, _score, xy, _) in enumerate(cands):
                 for s in (0, 1):
                     d = np.linalg.norm(xy[0] - wr[s]) / scale + (0.0 if s == side else 0.05)
                     scored.append((d, i, s))

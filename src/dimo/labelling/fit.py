@@ -200,7 +200,8 @@ def _body_loss(backend, cfg: FitConfig, X, w, x2d, segment: np.ndarray, frame_ok
             loss = loss + cfg.w_hinge * ((off_axis ** 2).sum(-1) + torch.relu(-flex - 0.05) ** 2
                                          + torch.relu(flex - 2.6) ** 2).sum() / max(T, 1)
         if len(i0):
-            loss = loss + cfg.w_smooth * (((aa[i1] - aa[i0]) ** 2).sum() + ((root6[i1] - root6[i0]) ** 2).sum()) / max(T, 1)
+            loss = loss + cfg.w_smooth * (((aa[i1] - aa[i0]) ** 2).sum()
+                                          + ((root6[i1] - root6[i0]) ** 2).sum()) / max(T, 1)
         if len(a3):
             acc = J[a3 + 2] - 2 * J[a3 + 1] + J[a3]
             loss = loss + cfg.w_accel * (acc ** 2).sum(-1).mean()

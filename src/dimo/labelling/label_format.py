@@ -147,7 +147,8 @@ def make_label(num_frames: int, body_model: str, clip_id: str = "", fps: float =
     out["person_count"][:] = -1  # -1 = not checked for a second person
     out.update(version=np.int64(LABEL_VERSION), body_model=np.str_(body_model), rot_repr=np.str_(ROT_REPR),
                clip_id=np.str_(clip_id), fps=np.float64(fps), height=np.int64(height), width=np.int64(width),
-               scale=np.float32(1.0), hand_scale=np.ones(2, np.float32), body_joint_names=np.array(BODY_JOINT_NAMES[body_model]),
+               scale=np.float32(1.0), hand_scale=np.ones(2, np.float32),
+               body_joint_names=np.array(BODY_JOINT_NAMES[body_model]),
                hand_joint_names=np.array(HAND_JOINT_NAMES[body_model]))
     for key, value in arrays.items():
         if key in out and key in _spec(T):

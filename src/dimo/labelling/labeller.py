@@ -299,7 +299,8 @@ def fitted_hand_points(backend, label: dict) -> tuple[np.ndarray, np.ndarray]:
     T = len(label["valid"])
     out = np.zeros((T, 2, 21, 3), np.float32)
     for s, code in enumerate(("L", "R")):
-        G = lf.matrix_from_rot6d(torch.as_tensor(label["hand_orient"][:, s], dtype=torch.float32)) @ backend.hand_rest_G(code)
+        G = (lf.matrix_from_rot6d(torch.as_tensor(label["hand_orient"][:, s], dtype=torch.float32))
+             @ backend.hand_rest_G(code))
         F = lf.matrix_from_rot6d(torch.as_tensor(label["theta_hand"][:, s], dtype=torch.float32))
         with torch.no_grad():
             out[:, s] = (backend.hand_points(code, G, F) * float(label["hand_scale"][s])).numpy()

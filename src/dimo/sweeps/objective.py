@@ -73,8 +73,9 @@ def make_evaluator(pairs: pd.DataFrame, codec, manifest: dict, evaluation: dict,
 
     metrics = tuple(dict.fromkeys([metric, *evaluation.get("metrics", [])]))
     # Not Options.from_sampling: the evaluation block has no guidance_motion (the default, 1.0, is meant).
-    options = inference.Options(num_steps=int(evaluation["num_steps"]), guidance_text=float(evaluation["guidance_text"]),
-                                seed=int(evaluation["seed"]), target_area=evaluation.get("target_area"),
+    options = inference.Options(num_steps=int(evaluation["num_steps"]),
+                                guidance_text=float(evaluation["guidance_text"]), seed=int(evaluation["seed"]),
+                                target_area=evaluation.get("target_area"),
                                 max_frames=evaluation.get("max_frames"), progress=False)
 
     def evaluate(model) -> dict:

@@ -100,7 +100,8 @@ def build_suite(params: dict):
 def _describe(config) -> tuple[str, str]:
     kw = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
     column = kw.pop("column", None) or f"{kw.pop('column_A', '')},{kw.pop('column_B', '')}"
-    args = ", ".join(f"{k}={v}" for k, v in kw.items() if k not in ("condition_parser", "row_condition") and v is not None)
+    args = ", ".join(f"{k}={v}" for k, v in kw.items()
+                     if k not in ("condition_parser", "row_condition") and v is not None)
     if isinstance(kw.get("value_set"), list) and len(kw["value_set"]) > 5:
         args = f"value_set=<{len(kw['value_set'])} allowed values>"
     return f"{config.type}({args})", column
