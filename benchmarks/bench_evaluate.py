@@ -1,7 +1,6 @@
-"""Evaluation throughput on this machine (CPU): frames per second of each registered per-pair metric, of the \
-pseudo-labeller
-run on generated frames (pose accuracy / camera following), and of generation with a tiny model through the
-inference API, at the toy benchmark's size (33 frames, 128 x 128).
+"""Evaluation throughput on this machine (CPU): frames per second of each registered per-pair metric, of the
+pseudo-labeller run on generated frames (pose accuracy / camera following), and of generation with a tiny model
+through the inference API, at the toy benchmark's size (33 frames, 128 x 128).
 
     python benchmarks/bench_evaluate.py [--frames 33] [--size 128] [--videos 4] [--steps 8]
 Writes benchmarks/results/bench_evaluate.json.

@@ -65,8 +65,8 @@ def apply_schedule(params: dict, best: dict) -> dict:
 def effective_params(stage: str, params: dict, sweep_best=NOT_LOADED) -> dict:
     """`params`, or with `geometric_loss_from_sweep: true` the sweep's best schedule applied (stage1..3 only:
     pretraining has no geometric loss). `sweep_best` is what the `annealing_best_params` dataset loaded: a dict,
-    or None when the file does not exist (an error: the flag asks for it). A caller that does not load the dataset \
-(the ablation) leaves it at `stages.NOT_LOADED`."""
+    or None when the file does not exist (an error: the flag asks for it). A caller that does not load the
+    dataset (the ablation) leaves it at `stages.NOT_LOADED`."""
     if not params.get("geometric_loss_from_sweep", False) or stage not in PAPER_STAGES:
         return params
     if sweep_best is NOT_LOADED:  # e.g. the ablation runs: their own schedule
