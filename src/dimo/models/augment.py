@@ -5,7 +5,8 @@
 * Appearance jitter (brightness, contrast, saturation, hue), also one draw per clip (per-frame draws would add
   flicker that the encoder could mistake for motion), against identity leakage from the driving frames.
 
-Identity when `enabled=False` or in eval mode (inference). Randomness comes only from the torch.Generator passed in.
+Identity when `enabled=False` or in eval mode (inference). Randomness comes only from the torch.Generator passed
+in, drawn on that generator's device (`draws`) and moved to the frames' device.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import draws
 
 # RGB <-> YIQ: hue rotation = rotating the (I, Q) chroma plane, a cheap stand-in for an HSV hue shift.
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -40,7 +43,7 @@ class AugmentConfig:
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
+    return lo + (hi - lo) * draws.rand(n, g, device)
 
 
 def homography_from_points(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -60,10 +63,10 @@ def random_warp(n: int, cfg: AugmentConfig, g: torch.Generator | None, device) -
     """(n, 3, 3) homographies mapping OUTPUT normalised coords to INPUT ones (what grid_sample needs)."""
     corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device).expand(n, 4, 2)
     s = _uniform(n, *cfg.scale, g, device)[:, None, None]
-    shift = (torch.rand(n, 1, 2, generator=g, device=device) * 2 - 1) * cfg.translate
-    jitter = (torch.rand(n, 4, 2, generator=g, device=device) * 2 - 1) * cfg.perspective
+    shift = (draws.rand((n, 1, 2), g, device) * 2 - 1) * cfg.translate
+    jitter = (draws.rand((n, 4, 2), g, device) * 2 - 1) * cfg.perspective
     dst = corners * s + shift + jitter  # where the input's corners land in the output
-    apply = torch.rand(n, generator=g, device=device) < cfg.p_spatial
+    apply = draws.rand(n, g, device) < cfg.p_spatial
     dst = torch.where(apply[:, None, None], dst, corners)
     return homography_from_points(dst, corners)
 
@@ -86,7 +89,7 @@ def color_jitter(frames: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | 
     """frames (B, T, 3, H, W) in [-1, 1]; one set of factors per clip."""
     B, device = frames.shape[0], frames.device
     x = (frames.float() + 1) / 2
-    apply = (torch.rand(B, generator=g, device=device) < cfg.p_color).float()
+    apply = (draws.rand(B, g, device) < cfg.p_color).float()
     view = (B, 1, 1, 1, 1)
 
     def factor(amount: float) -> torch.Tensor:  # 1 for clips that skip the jitter

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
+from . import draws
 from .augment import DrivingAugment
 from .configs import DimoConfig
 from .configs import get as get_config
@@ -163,8 +164,10 @@ class DimoModel(nn.Module):
 
     def predict_velocity(self, noisy_latents, model_timestep, reference_latents, text, motion_tokens,
                          image_embeddings=None) -> torch.Tensor:
-        """text: already projected (B, L, text_dim). model_timestep: (B,) in [0, 1000]."""
-        return self.generator(self.dit_input(noisy_latents, reference_latents), model_timestep, text,
+        """text: already projected (B, L, text_dim). model_timestep: (B,) in [0, 1000]. Latents may be fp32 under bf16
+        weights (targets and noise stay fp32): they are cast where they meet the DiT."""
+        x = self.dit_input(noisy_latents, reference_latents).to(self.generator.dtype)
+        return self.generator(x, model_timestep, text,
                               motion_tokens=motion_tokens, encoder_hidden_states_image=image_embeddings).sample
 
     # ------------------------------------------------------------------ training
@@ -193,8 +196,8 @@ class DimoModel(nn.Module):
             geo_loss = x0.new_zeros((), dtype=torch.float32)
 
         # condition dropout for classifier-free guidance (text -> zeros, motion -> learned null tokens)
-        drop_motion = torch.rand(B, generator=generator, device=device) < cfg.p_drop_motion
-        drop_text = torch.rand(B, generator=generator, device=device) < cfg.p_drop_text
+        drop_motion = draws.rand(B, generator, device) < cfg.p_drop_motion
+        drop_text = draws.rand(B, generator, device) < cfg.p_drop_text
         text = self._text(batch["text_embeddings"], batch.get("text_mask"))
         text = text * (~drop_text).view(B, 1, 1).to(text.dtype)
         motion = self.generator.apply_motion_dropout(z, drop_motion)
@@ -202,7 +205,7 @@ class DimoModel(nn.Module):
         if t is None:
             t = self.flow.sample_t(B, device=device, generator=generator)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+            noise = draws.randn(x0.shape, generator, device, x0.dtype)
         pred = self.predict_velocity(self.flow.noisy(x0, noise, t), self.flow.model_timestep(t),
                                      batch.get("reference_latents"), text, motion, batch.get("image_embeddings"))
         diffusion_loss = self.flow.loss(pred, self.flow.velocity_target(x0, noise))
@@ -223,7 +226,7 @@ class DimoModel(nn.Module):
         c = self.generator.config.temporal_compression
         if noise is None:
             shape = latent_shape or (B, LATENT_CHANNELS, (T - 1) // c + 1, *reference_latents.shape[-2:])
-            noise = torch.randn(shape, generator=generator, device=motion_tokens.device)
+            noise = draws.randn(shape, generator, motion_tokens.device)
         text = self._text(text_embeddings, text_mask)
         null_text = (self._text(negative_text_embeddings, None) if negative_text_embeddings is not None
                      else torch.zeros_like(text))

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from . import draws
+
 
 @dataclass
 class FlowMatchingConfig:
@@ -40,9 +42,9 @@ class FlowMatching:
     def sample_t(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         c = self.config
         if c.timestep_sampling == "logit_normal":
-            u = torch.sigmoid(c.logit_mean + c.logit_std * torch.randn(batch_size, generator=generator, device=device))
+            u = torch.sigmoid(c.logit_mean + c.logit_std * draws.randn(batch_size, generator, device))
         elif c.timestep_sampling == "uniform":
-            u = torch.rand(batch_size, generator=generator, device=device)
+            u = draws.rand(batch_size, generator, device)
         else:
             raise ValueError(f"unknown timestep_sampling {c.timestep_sampling!r}")
         return shift_timesteps(u, c.shift)

@@ -55,6 +55,24 @@ class PairBatches:
         }
 
 
+def move_batch(batch: dict, device: torch.device | str) -> dict:
+    """The batch on the engine's device (DeepSpeed hands inputs to the module as they are). CUDA copies go through
+    pinned memory and do not block; the model casts to its own dtype where inputs meet its weights, so targets and
+    keypoints stay fp32. On CPU this returns the same tensors."""
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    pin = on_cuda and torch.cuda.is_available()  # pinning needs a real CUDA runtime (not the fake-device tests)
+
+    def move(value):
+        if not isinstance(value, torch.Tensor) or value.device == device:
+            return value
+        if pin and value.device.type == "cpu":
+            value = value.pin_memory()
+        return value.to(device, non_blocking=on_cuda)
+
+    return {key: move(value) for key, value in batch.items()}
+
+
 def collate(examples: list[dict]) -> dict:
     shapes = {tuple(e["target_latents"].shape) for e in examples}
     if len(shapes) > 1:

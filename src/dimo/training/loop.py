@@ -1,8 +1,12 @@
 """The training loop: one stage, over a DeepSpeed engine, resumable to the exact same weights.
 
-Everything random in a step is drawn from a generator seeded by (seed, global step, micro step, rank), and the
-batch of a step depends only on those numbers, so a run resumed from a checkpoint continues exactly as the
-uninterrupted run would have.
+Everything random in a step is drawn from a CPU generator seeded by (seed, global step, micro step, rank) and moved
+to the model's device (`dimo.models.draws`), and the batch of a step depends only on those numbers, so a run
+resumed from a checkpoint continues exactly as the uninterrupted run would have, on any device.
+
+Device and precision live here: each batch moves to `engine.device`; DeepSpeed's `bf16` config trains bf16
+weights with fp32 master weights in the optimizer (on GPU by default, `precision` forces it either way), fp32 on
+CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dimo.training import checkpoints
-from dimo.training.batches import PairBatches
+from dimo.training.batches import PairBatches, move_batch
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class StageSettings:
     log_every: int = 1
     eval_every: int = 0  # 0 = only at the end
     deepspeed_config: dict = field(default_factory=dict)
+    precision: str = "auto"  # auto: the DeepSpeed json's bf16 on GPU, fp32 on CPU | bf16 | fp32 (any device)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -63,17 +68,33 @@ def deepspeed_config(settings: StageSettings, world_size: int) -> dict:
                gradient_accumulation_steps=settings.global_batch // per_step, steps_per_print=10**9)
     cfg.setdefault("optimizer", {"type": "Adam", "params": {}})
     cfg["optimizer"]["params"]["lr"] = settings.lr
-    if not on_gpu:  # torch's Adam instead of compiling DeepSpeed's cpu_adam; fp32 on CPU
+    if not on_gpu:  # torch's Adam instead of compiling DeepSpeed's cpu_adam
         cfg["optimizer"]["params"]["torch_adam"] = True
-        cfg["bf16"] = {"enabled": False}
         cfg.get("zero_optimization", {}).pop("offload_optimizer", None)
         cfg.get("zero_optimization", {}).pop("offload_param", None)
+    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": bf16_enabled(settings, cfg, on_gpu)}
     return cfg
+
+
+def bf16_enabled(settings: StageSettings, cfg: dict, on_gpu: bool) -> bool:
+    """bf16 weights and activations, fp32 master weights (DeepSpeed's bf16 mode): the json's choice on GPU."""
+    if settings.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"{settings.name}: precision must be auto, bf16 or fp32, got {settings.precision!r}")
+    if settings.precision == "auto":
+        return on_gpu and bool(cfg.get("bf16", {}).get("enabled", False))
+    return settings.precision == "bf16"
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def step_inputs(batches: PairBatches, settings: StageSettings, step: int, micro: int, rank: int,
+                device: torch.device | str) -> tuple[dict, torch.Generator]:
+    """What the engine gets for one micro step: the batch on `device` and the step's (CPU) generator."""
+    batch = move_batch(batches.batch(step, micro, rank), device)
+    return batch, step_generator(settings.seed, step, micro, rank)
 
 
 def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSettings, checkpoint_dir: str | Path,
@@ -114,8 +135,8 @@ def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSet
         global_step = settings.global_step_offset + step
         totals: dict[str, float] = {}
         for micro in range(accumulation):
-            batch = batches.batch(step, micro, rank)
-            out = engine(batch, step=global_step, generator=step_generator(settings.seed, step, micro, rank))
+            batch, generator = step_inputs(batches, settings, step, micro, rank, engine.device)
+            out = engine(batch, step=global_step, generator=generator)
             engine.backward(out["loss"])
             engine.step()
             for key, value in out.items():

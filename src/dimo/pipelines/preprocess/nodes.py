@@ -1,7 +1,9 @@
 """Encode every labelled clip once: target latents, prompt embeddings, driving frames and decoder targets.
 
 Training reads only this cache (and never re-encodes). At real scale the codec is Wan2.1's VAE from a local
-folder; at toy scale no pretrained video VAE exists here, so a tiny AutoencoderKLWan is fitted to the clips first.
+folder; at toy scale no pretrained video VAE exists here, so a tiny AutoencoderKLWan is fitted to the clips first
+(on the CPU). The codec and the text encoder encode on `preprocess.device` (auto: CUDA when present); the cache
+is written from CPU tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dimo import clip_table, video_io
+from dimo.inference import resolve_device
 from dimo.labelling import label_format
 from dimo.models import FrozenTextEncoder, LatentCodec, text_encoder
 from dimo.training import mixtures
@@ -80,9 +83,10 @@ def prepare_codec(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_cl
 
 def clip_entry(row, frames: np.ndarray, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: int) -> dict:
     """The cache entry of one clip from its frames (all tensors; see docs/architecture.md, 'Latent cache')."""
+    device = next(codec.parameters()).device
     with torch.no_grad():
-        latents = codec.encode(_video_tensor(frames))[0]
-        emb, mask = texts.encode([row.caption])
+        latents = codec.encode(_video_tensor(frames).to(device))[0].cpu()
+        emb, mask = (t.cpu() for t in texts.encode([row.caption]))
     label = label_format.load_label(row.label_path)
     pose, pose_valid = label_format.pose_targets(label)
     hands = label["keypoints2d_hand"].copy()
@@ -108,8 +112,9 @@ def clip_entry(row, frames: np.ndarray, codec: LatentCodec, texts: FrozenTextEnc
 def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
                  codec: LatentCodec, params: dict) -> tuple[dict[str, Callable], dict]:
     """Lazy cache entries (one clip read and encoded at a time while the catalog saves them) and a manifest."""
-    codec.eval()
-    texts = text_encoder.from_spec(params["text_encoder"])
+    device = resolve_device(params.get("device"))
+    codec.eval().to(device)
+    texts = text_encoder.from_spec(params["text_encoder"]).to(device)
     loaders = _clip_folders(clips, synthetic_clips, ingested_clips)
 
     def entry(row) -> Callable[[], dict]:
