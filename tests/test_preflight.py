@@ -108,3 +108,30 @@ def test_dvc_builds_what_is_upstream_of_stage3(fresh):
     chain = [("preprocess", "pretrain_generator"), ("pretrain_generator", "train_stage1"),
              ("train_stage1", "train_stage2"), ("train_stage2", "train_stage3")]
     assert set(chain) <= edges
+
+
+def test_a_registered_start_of_another_variant_is_named(tmp_path, monkeypatch):
+    """The registry check: a missing alias, and an alias whose version was trained as another variant."""
+    import mlflow
+
+    from dimo import preflight
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("dimo")
+    (tmp_path / "weights").mkdir()
+    version = client.create_model_version("dimo", str(tmp_path / "weights"),
+                                          tags={"config": "tiny", "variant": "channel_concat"}).version
+    client.set_registered_model_alias("dimo", "stage1", version)
+    params = {"training": {"model": {"config": "tiny", "variant": "full"}}}
+    what, why = preflight.model_problem("models:/dimo@stage1", params)
+    assert what == "model models:/dimo@stage1"
+    assert why == "a 'tiny' model of variant 'channel_concat', but training.model asks for 'tiny' variant 'full'"
+    assert preflight.model_problem("models:/dimo@stage2", params)[1].startswith("not in the registry at sqlite://")
+    params["training"]["model"]["variant"] = "channel_concat"
+    assert preflight.model_problem("models:/dimo@stage1", params) is None
+    params["training"]["model"].update(variant="full", transfer_from_other_variant=True)  # ablations start so
+    assert preflight.model_problem("models:/dimo@stage1", params) is None
+    assert preflight.model_problem(f"wan:{tmp_path / 'no-wan'}", params) == (f"Wan folder {tmp_path / 'no-wan'}",
+                                                                             "no such folder")
