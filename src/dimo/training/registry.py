@@ -67,21 +67,29 @@ def register(model, codec, text_spec: dict, name: str, aliases: list[str], tags:
             "run_id": mlflow.active_run().info.run_id if mlflow.active_run() else None}
 
 
-def download(uri: str) -> Path:
-    """Local folder of a registered model (`models:/name@alias` or `models:/name/version`), cached by version."""
+def resolve(uri: str) -> dict:
+    """The version a registry URI (`models:/name@alias` or `models:/name/version`) points at now: name, version,
+    run id, tags and the pinned URI `models:/name/version`."""
     name, _, ref = uri.removeprefix("models:/").partition("@")
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(
-            name, uri.rsplit("/", 1)[-1])
-    except MlflowException as err:
+            *name.rsplit("/", 1))
+    except (MlflowException, TypeError) as err:
+        reason = err.message if isinstance(err, MlflowException) else "expected models:/name@alias or models:/name/N"
         raise LookupError(f"{uri}: no such registered model version in {mlflow.get_tracking_uri()} "
-                          f"(was the previous stage run?): {err.message}") from err
-    version = mv.version
-    target = CACHE_DIR / name / f"{version}-{mv.run_id}"  # the run id tells stores apart
+                          f"(was the previous stage run?): {reason}") from err
+    return {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags),
+            "uri": f"models:/{mv.name}/{mv.version}"}
+
+
+def download(uri: str) -> Path:
+    """Local folder of a registered model (`models:/name@alias` or `models:/name/version`), cached by version."""
+    mv = resolve(uri)
+    target = CACHE_DIR / mv["name"] / f"{mv['version']}-{mv['run_id']}"  # the run id tells stores apart
     if not (target / "artifacts" / "dimo").is_dir():
         target.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target))
+        mlflow.artifacts.download_artifacts(artifact_uri=mv["uri"], dst_path=str(target))
     return target / "artifacts"
 
 
