@@ -147,6 +147,9 @@ def test_the_record_covers_the_global_step_offset_parameters_data_and_folder_wei
     (ckpt / "step-00000001").mkdir()
     (ckpt / "latest").write_text("step-00000001")
     checkpoints.check_resumable(ckpt, record)  # the same run: resumable
+    renamed = copy.deepcopy(params)
+    renamed["stages"]["stage2"]["aliases"] = ["stage2", "candidate"]  # names of the result, not the training
+    checkpoints.check_resumable(ckpt, checkpoints.resume_record("stage2", renamed, pairs, start))
 
     longer = copy.deepcopy(params)
     longer["stages"]["stage1"]["steps"] = 5

@@ -147,7 +147,8 @@ def resume_record(stage: str, params: dict, pairs: pd.DataFrame, start: dict) ->
     """What a resumable checkpoint must agree with, part by part: the stage's parameters (with the effective
     geometric-loss schedule and learning rate, which the sweep's best parameters may change), its training pairs,
     the starting model (`starting_model`) and the global step it starts at (the earlier stages' steps)."""
-    own = {k: v for k, v in params["stages"][stage].items() if k != "init"}  # `init`: in the starting model
+    # `init` counts as the model it resolves to; `aliases` only name the registered result
+    own = {k: v for k, v in params["stages"][stage].items() if k not in ("init", "aliases")}
     parameters = {"stage": own, "model": params["model"], "batch": params["batch"],
                   "seed": params["seed"], "geometric_loss": params["geometric_loss"],
                   "lr": params["stages"][stage].get("lr", params["lr"])}
