@@ -259,6 +259,86 @@ def test_summary_splits_cross_view_by_camera_and_keeps_set_level_reasons():
                                                                   "fvd ↓"]
 
 
+@pytest.fixture
+def registry_store(tmp_path, monkeypatch):
+    """An empty MLflow registry on a temp sqlite store."""
+    monkeypatch.chdir(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(previous)
+
+
+GATE = {"alias": "champion", "metric": "lpips_alex", "benchmark": "cross_view", "candidate_stage": "stage3"}
+
+
+def _gate(client, name: str, stage: str, score: float, metric: str = "lpips_alex", pairs=None) -> tuple[str, dict]:
+    """A new registered version of `name` trained by `stage`, scored `score` on the cross-view row, gated."""
+    from dimo.pipelines.evaluate.nodes import gate_champion
+
+    version = client.create_model_version(name, f"models-{stage}", tags={"stage": stage}).version
+    table = pd.DataFrame([{"benchmark": "reconstruction", "pairs": 6, "psnr": 30.0, "lpips_alex": 0.01},
+                          {"benchmark": "cross_view", "pairs": 8, "psnr": 20.0, "lpips_alex": 0.5, metric: score}])
+    params = {"champion": {**GATE, "metric": metric}, "sampling": {"num_steps": 2, "seed": 0}}
+    pairs = benchmark.benchmark_pairs(clips(), "test") if pairs is None else pairs
+    result, metrics = gate_champion(table, pairs, {"model": f"models:/{name}@{stage}",
+                                                   "model_version": f"models:/{name}/{version}"}, params)
+    assert json.loads(json.dumps(result)) == result  # the catalog writes it as JSON
+    assert metrics["promoted"]["value"] == float(result["promoted"])
+    return version, result
+
+
+def test_champion_moves_only_to_a_stage3_model_that_scores_at_least_as_well(registry_store):
+    client = registry_store
+    client.create_registered_model("dimo")
+
+    def champion() -> str:
+        return client.get_model_version_by_alias("dimo", "champion").version
+
+    first, result = _gate(client, "dimo", "stage3", 0.5)
+    assert result["promoted"] and result["reason"] == "the first champion" and champion() == first
+    assert result["champion_before"] is None and result["champion_after"] == f"models:/dimo/{first}"
+    tags = client.get_model_version("dimo", first).tags
+    assert tags["evaluate.lpips_alex"] == "0.5" and tags["evaluate.benchmark"] == result["benchmark"]
+
+    with mlflow.start_run() as run:  # LPIPS: lower is better (the metric registry says so)
+        worse, result = _gate(client, "dimo", "stage3", 0.6)
+    assert not result["promoted"] and champion() == first and result["champion_score"] == 0.5
+    assert result["reason"] == f"lpips_alex 0.6 is not <= 0.5 of models:/dimo/{first}"
+    run_tags = client.get_run(run.info.run_id).data.tags
+    assert run_tags["champion_gate.decision"] == "kept"
+    assert run_tags["champion_gate.champion"] == f"models:/dimo/{first}"
+    assert client.get_model_version("dimo", worse).tags["evaluate.lpips_alex"] == "0.6"  # scored all the same
+
+    better, result = _gate(client, "dimo", "stage3", 0.4)
+    assert result["promoted"] and champion() == better and result["champion_before"] == f"models:/dimo/{first}"
+    tied, result = _gate(client, "dimo", "stage3", 0.4)
+    assert result["promoted"] and champion() == tied  # at least as well
+    _, result = _gate(client, "dimo", "stage2", 0.1)
+    assert not result["promoted"] and champion() == tied and result["reason"].startswith("not a candidate: a stage2")
+    _, result = _gate(client, "dimo", "stage3", 0.01, pairs=benchmark.benchmark_pairs(clips(), "test").iloc[:3])
+    assert not result["promoted"] and champion() == tied  # scored on another benchmark: not comparable
+    assert f"the champion (models:/dimo/{tied}) has no lpips_alex score on this benchmark" in result["reason"]
+
+    client.create_registered_model("other")  # PSNR: higher is better
+    assert _gate(client, "other", "stage3", 20.0, "psnr")[1]["promoted"]
+    assert not _gate(client, "other", "stage3", 19.0, "psnr")[1]["promoted"]
+    assert _gate(client, "other", "stage3", 21.0, "psnr")[1]["promoted"]
+
+
+def test_a_champion_gate_on_a_metric_that_is_not_scored_fails_before_generation():
+    from dimo.pipelines.evaluate.nodes import select_benchmark
+
+    params = {"split": "test", "kinds": ["reconstruction", "cross_view"], "max_pairs": None,
+              "external_manifest": "none.csv", "metrics": ["psnr", "ssim"], "pose": False, "champion": GATE}
+    with pytest.raises(ValueError, match=r"evaluate.champion.metric 'lpips_alex' is not scored: add it to "
+                                         r"evaluate.metrics"):
+        select_benchmark(clips(), None, params)
+    with pytest.raises(ValueError, match="evaluate.champion.benchmark 'novel' is not a row"):
+        select_benchmark(clips(), None, {**params, "champion": {**GATE, "metric": "psnr", "benchmark": "novel"}})
+    assert len(select_benchmark(clips(), None, {**params, "champion": {**GATE, "metric": "psnr"}}))
+
+
 def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke_chain):
     report = smoke_chain / "data" / "08_reporting" / "evaluate"
     pairs = pd.read_parquet(smoke_chain / "data" / "07_model_output" / "evaluate" / "benchmark_pairs.parquet")
@@ -302,4 +382,15 @@ def test_evaluate_in_the_default_chain_scores_the_champion_and_logs_tables(smoke
     run = runs[0]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert {"evaluate/benchmark_table.md", "evaluate/benchmark_table.csv", "evaluate/scores_per_pair.csv",
-            "evaluate/side_by_side_montage.mp4"} <= names
+            "evaluate/side_by_side_montage.mp4", "evaluate/champion_gate.json"} <= names
+    # the candidate scored is the stage-3 model; with no champion before it, the gate made it the first champion
+    assert "model models:/dimo@stage3 (models:/dimo/" in md
+    gate = json.loads((report / "champion_gate.json").read_text())
+    champion = client.get_model_version_by_alias("dimo", "champion")
+    assert gate["promoted"] and gate["reason"] == "the first champion" and gate["champion_before"] is None
+    assert gate["candidate"] == generation["model_version"] == f"models:/dimo/{champion.version}"
+    assert champion.tags["stage"] == "stage3"
+    cross_view = table.set_index("benchmark").loc["cross_view", "lpips_alex"]
+    assert float(champion.tags["evaluate.lpips_alex"]) == gate["candidate_score"] == pytest.approx(cross_view)
+    assert run.data.metrics["evaluate.champion_gate.promoted"] == 1.0
+    assert run.data.tags["champion_gate.decision"] == "promoted"

@@ -23,25 +23,22 @@ import pandas as pd
 
 from dimo import video_io
 from dimo.models import DimoModel
-from dimo.training import registry
+from dimo.training import checkpoints, registry
 from dimo.training.batches import PairBatches
 from dimo.training.loop import StageSettings, train_stage
 from dimo.training.model_init import build_model, configure_for_stage
 from dimo.training.samples import sample_grid
-from dimo.training.stages import NOT_LOADED, PAPER_STAGES, global_step_offset
+from dimo.training.stages import NOT_LOADED, PAPER_STAGES
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(stage: str, params: dict, pairs: pd.DataFrame) -> str:
-    """What a resumable checkpoint must agree with: the stage's parameters (with the effective geometric-loss
-    schedule and learning rate, which the sweep's best parameters may change) and its data."""
-    payload = json.dumps({"stage": params["stages"][stage], "model": params["model"], "batch": params["batch"],
-                          "seed": params["seed"], "geometric_loss": params["geometric_loss"],
-                          "lr": params["stages"][stage].get("lr", params["lr"]),
-                          "pairs": pd.util.hash_pandas_object(pairs).sum().item()},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def fingerprint(stage: str, params: dict, pairs: pd.DataFrame, start: dict | None = None) -> str:
+    """A short id of what a resumable checkpoint must agree with (`checkpoints.resume_record`): the stage's
+    parameters, its data, the starting model (default: `init` as written) and the global step offset."""
+    start = start or {"init": params["stages"][stage]["init"]}
+    record = checkpoints.resume_record(stage, params, pairs, start)
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
 SWEPT_SCHEDULE_KEYS = ("start", "end_step", "shape")  # what the annealing sweep searches (plus lr, optionally)
@@ -95,18 +92,21 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
     train_pairs = pairs[(pairs["stage"] == stage) & (pairs["split"] == "train")]
     if train_pairs.empty:
         raise ValueError(f"{stage}: training_pairs has no train pairs for this stage (run preprocess first)")
+    # The starting model pinned (registry version, or a weights hash) before anything loads: a checkpoint of a
+    # run that started elsewhere (an earlier stage trained again since) is refused here, not resumed.
+    record = checkpoints.resume_record(stage, params, train_pairs, checkpoints.starting_model(stage_params["init"]))
+    ckpt_dir = Path(params["checkpoint_dir"]) / stage
+    checkpoints.check_resumable(ckpt_dir, record, rank=int(os.environ.get("RANK", "0")))
     model = build_model(stage, params, manifest)
     configure_for_stage(model, stage_params, params)
 
     batch_cfg = params["batch"]
     settings = StageSettings(
-        name=stage, steps=stage_params["steps"], global_step_offset=global_step_offset(stage, params["stages"]),
+        name=stage, steps=stage_params["steps"], global_step_offset=record["global_step_offset"],
         global_batch=batch_cfg["global"], micro_batch=batch_cfg["micro"], lr=stage_params.get("lr", params["lr"]),
         seed=params["seed"], checkpoint_every=params["checkpoint_every"], log_every=params["log_every"],
         eval_every=params["eval_every"], deepspeed_config=deepspeed_config)
     batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"])
-    ckpt_dir = Path(params["checkpoint_dir"]) / stage
-    check_resumable(ckpt_dir, fingerprint(stage, params, train_pairs))
 
     grid_pair = pick_grid_pair(pairs, stage)
     active = mlflow.active_run() is not None
@@ -134,16 +134,6 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
                "geometric_loss_from_sweep": ({"study": sweep_best.get("study"), "trial": sweep_best.get("trial")}
                                              if params.get("geometric_loss_from_sweep") and sweep_best else None)}
     return model, summary
-
-
-def check_resumable(ckpt_dir: Path, expected: str) -> None:
-    marker = ckpt_dir / "fingerprint"
-    if marker.is_file() and marker.read_text().strip() != expected:
-        raise ValueError(f"{ckpt_dir} holds a checkpoint of a run with other parameters or data "
-                         f"(fingerprint {marker.read_text().strip()} != {expected}); delete that folder to start "
-                         "this stage afresh, or restore the parameters to resume it")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(expected)
 
 
 def pick_grid_pair(pairs: pd.DataFrame, stage: str) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import generate_benchmark, score_benchmark, select_benchmark
+from .nodes import gate_champion, generate_benchmark, score_benchmark, select_benchmark
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -9,7 +9,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(select_benchmark, ["labelled_clip_table", "benchmark_manifest", "params:evaluate"],
                  "benchmark_pairs", name="select_benchmark"),
             # Target (and driving) clips are read from the clip partitions by clip id. stage3_registration only
-            # orders evaluate after training in the default chain; the model is evaluate.model (a registry alias).
+            # orders evaluate after training in the default chain; the model is evaluate.model (a registry alias,
+            # by default the newest stage-3 model: the champion's candidate).
             Node(generate_benchmark, ["benchmark_pairs", "synthetic_clips", "ingested_clips", "stage3_registration",
                                       "params:evaluate"],
                  ["benchmark_videos", "benchmark_side_by_side", "benchmark_montage", "benchmark_generation"],
@@ -19,5 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                                    "params:pseudo_label"],
                  ["benchmark_scores", "benchmark_table_csv", "benchmark_table_md", "benchmark_metrics"],
                  name="score_benchmark"),
+            Node(gate_champion, ["benchmark_table_csv", "benchmark_pairs", "benchmark_generation", "params:evaluate"],
+                 ["champion_gate", "champion_gate_metrics"], name="gate_champion"),  # moves models:/dimo@champion
         ]
     )
