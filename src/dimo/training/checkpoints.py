@@ -151,7 +151,7 @@ def resume_record(stage: str, params: dict, pairs: pd.DataFrame, start: dict) ->
     own = {k: v for k, v in params["stages"][stage].items() if k not in ("init", "aliases")}
     parameters = {"stage": own, "model": params["model"], "batch": params["batch"],
                   "seed": params["seed"], "geometric_loss": params["geometric_loss"],
-                  "lr": params["stages"][stage].get("lr", params["lr"])}
+                  "lr": params["stages"][stage].get("lr", params["lr"]), "precision": params.get("precision", "auto")}
     record = {"stage": stage, "starting_model": start,
               "global_step_offset": global_step_offset(stage, params["stages"]),
               "parameters": hashlib.sha256(json.dumps(parameters, sort_keys=True, default=str).encode()

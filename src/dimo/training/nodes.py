@@ -105,7 +105,8 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
         name=stage, steps=stage_params["steps"], global_step_offset=record["global_step_offset"],
         global_batch=batch_cfg["global"], micro_batch=batch_cfg["micro"], lr=stage_params.get("lr", params["lr"]),
         seed=params["seed"], checkpoint_every=params["checkpoint_every"], log_every=params["log_every"],
-        eval_every=params["eval_every"], deepspeed_config=deepspeed_config)
+        eval_every=params["eval_every"], deepspeed_config=deepspeed_config,
+        precision=params.get("precision", "auto"))
     batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"])
 
     grid_pair = pick_grid_pair(pairs, stage)
