@@ -109,3 +109,17 @@ def smoke_chain(tmp_path_factory) -> Path:
     out = run_cli(["kedro", "run", "--env=smoke"], cwd=dst, timeout=1500)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_experiment_between_tests(monkeypatch):
+    """`mlflow.set_experiment` (kedro-mlflow calls it in-process) leaves the experiment id in MLFLOW_EXPERIMENT_ID
+    and in a module global: a later test on another store would then look for an experiment that is not there."""
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    import sys
+
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = None

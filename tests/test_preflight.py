@@ -81,9 +81,7 @@ def test_the_plan_lists_every_upstream_pipeline_in_data_flow_order(fresh, capsys
     ["kedro", "run", "--env=smoke", "--pipelines=train_stage3"],
     ["mlflow", "run", ".", "-e", "train_stage3", "--env-manager", "local", "-P", "env=smoke"],
 ])
-def test_the_user_commands_fail_fast_with_one_line(fresh, command, monkeypatch):
-    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):  # left by in-process MLflow runs of earlier tests
-        monkeypatch.delenv(var, raising=False)
+def test_the_user_commands_fail_fast_with_one_line(fresh, command):
     t0 = time.perf_counter()
     out = run_cli(command, cwd=fresh, env={"MLFLOW_TRACKING_URI": f"sqlite:///{fresh / 'mlflow.db'}"}, timeout=120)
     seconds = time.perf_counter() - t0
