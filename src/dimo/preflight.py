@@ -90,16 +90,15 @@ def model_problem(uri: str, params: dict) -> tuple[str, str] | None:
     if not uri.startswith("models:/"):
         return None if Path(uri).is_dir() else (f"model folder {uri}", "no such folder")
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    name, _, ref = uri.removeprefix("models:/").partition("@")
-    client = mlflow.MlflowClient()
+    from dimo.training import registry
+
     try:
-        mv = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
-    except (MlflowException, TypeError, ValueError):
+        tags = registry.resolve(uri)["tags"]
+    except LookupError:
         return f"model {uri}", f"not in the registry at {mlflow.get_tracking_uri()}"
     spec = _param(params, "training.model") or {}
-    got = (mv.tags.get("config"), mv.tags.get("variant"))
+    got = (tags.get("config"), tags.get("variant"))
     want = (spec.get("config"), spec.get("variant"))
     if None not in got and None not in want and got != want and not spec.get("transfer_from_other_variant"):
         return (f"model {uri}", f"a {got[0]!r} model of variant {got[1]!r}, but training.model asks for "
@@ -107,9 +106,10 @@ def model_problem(uri: str, params: dict) -> tuple[str, str] | None:
     return None
 
 
-def pipeline_problems(pipe, catalog, params: dict, registered: dict, made_in_run: set[str]) -> list[Problem]:
-    """What `pipe` needs that neither exists nor is made by a pipeline in `made_in_run`."""
-    made = producers(registered)
+def pipeline_problems(pipe, catalog, params: dict, registered: dict, made_in_run: set[str],
+                      made: dict[str, str] | None = None) -> list[Problem]:
+    """What `pipe` needs that neither exists nor is made by a pipeline in `made_in_run` (`made`: `producers`)."""
+    made = producers(registered) if made is None else made
     out = []
     own = pipe.all_outputs()
     for ds in sorted(pipe.inputs()):
@@ -145,26 +145,27 @@ def _aliases_registered(node, params: dict) -> set[str]:
 
 def plan(pipe, catalog, params: dict, registered: dict) -> tuple[list[Problem], list[str]]:
     """(what the run misses, the pipelines to run first, in data-flow order)."""
-    problems = pipeline_problems(pipe, catalog, params, registered, set())
+    made = producers(registered)
+    problems = pipeline_problems(pipe, catalog, params, registered, set(), made)
     needed: list[str] = []
     frontier = [p.made_by for p in problems if p.made_by] + (
-        _optional_sources(pipe, catalog, registered, needed) if problems else [])
+        _optional_sources(pipe, catalog, registered, needed, made) if problems else [])
     while frontier:
         name = frontier.pop()
         if name in needed:
             continue
         needed.append(name)
-        upstream = pipeline_problems(registered[name], catalog, params, registered, set(needed))
+        upstream = pipeline_problems(registered[name], catalog, params, registered, set(needed), made)
         frontier += [p.made_by for p in upstream if p.made_by and p.made_by not in needed]
-        frontier += _optional_sources(registered[name], catalog, registered, needed)
+        frontier += _optional_sources(registered[name], catalog, registered, needed, made)
     order = [n for n in _data_flow_order(registered) if n in needed]
     return problems, order
 
 
-def _optional_sources(pipe, catalog, registered: dict, needed: list[str]) -> list[str]:
+def _optional_sources(pipe, catalog, registered: dict, needed: list[str], made: dict[str, str]) -> list[str]:
     """Pipelines of the main job that make optional inputs of `pipe` which do not exist yet (e.g. the synthetic
     clips validate reads): not required, but what the default configuration expects, so they join the plan."""
-    made, main = producers(registered), registered.get("__default__")
+    main = registered.get("__default__")
     if main is None:
         return []
     made_by_main = main.all_outputs()
