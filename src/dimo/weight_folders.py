@@ -60,7 +60,8 @@ def check_transformer(root: str | Path, generator: dict, model_name: str) -> tup
         if cfg.get(key) != generator.get(key):
             return str(folder), f"config.json {key} {cfg.get(key)}, {want} {generator.get(key)}"
     if cfg.get("in_channels", 0) > generator["in_channels"]:
-        return str(folder), f"config.json in_channels {cfg.get('in_channels')}, {want} at most {generator['in_channels']}"
+        return str(folder), (f"config.json in_channels {cfg.get('in_channels')}, "
+                             f"{want} at most {generator['in_channels']}")
     if cfg.get("image_dim") != generator.get("image_dim"):
         return str(folder), (f"config.json image_dim {cfg.get('image_dim')} (image cross-attention), "
                              f"{want} {generator.get('image_dim')}")
@@ -73,7 +74,8 @@ def check_vae(root: str | Path) -> tuple[str, str] | None:
     if problem:
         return problem
     if cfg.get("z_dim") != LATENT_CHANNELS:
-        return str(folder), f"config.json z_dim {cfg.get('z_dim')}, the generator reads {LATENT_CHANNELS} latent channels"
+        return str(folder), (f"config.json z_dim {cfg.get('z_dim')}, "
+                             f"the generator reads {LATENT_CHANNELS} latent channels")
     return None
 
 
@@ -89,7 +91,8 @@ def check_text_encoder(root: str | Path, width: int, model_name: str) -> tuple[s
     if not any((tokenizer / f).is_file() for f in TOKENIZER_FILES):
         return str(tokenizer), f"no tokenizer file: {' or '.join(TOKENIZER_FILES)}"
     if cfg.get("d_model") != width:
-        return str(folder), f"config.json d_model {cfg.get('d_model')}, training.model {model_name!r} reads {width}-wide text"
+        return str(folder), (f"config.json d_model {cfg.get('d_model')}, "
+                             f"training.model {model_name!r} reads {width}-wide text")
     return None
 
 
