@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import subprocess
 
-import mlflow
 from kedro.framework.hooks import hook_impl
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,8 @@ class ProjectHooks:
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async, run_id=None) -> None:
+        import mlflow  # here, not at import: `kedro` startup (settings -> hooks) stays light for the preflight
+
         # kedro-mlflow opens the run in its own before_pipeline_run (before or after ours): tag it on the first node.
         run = mlflow.active_run()
         if run is None or run.info.run_id == self._tagged_run or run.data.tags.get("git_commit"):

@@ -7,7 +7,9 @@ with the pipelines that make each thing and the commands that would (Kedro, DVC)
 
 Nodes declare the models they start from with a tag `starts_from.<parameter path>` (e.g.
 `starts_from.training.stages.stage2.init`); the parameter holds a model URI (`models:/dimo@stage1`), a folder
-or `wan:<folder>`. Optional datasets (a class whose name starts with `Optional`) and datasets that start empty
+or `wan:<folder>`; a `wan:` folder, and the weight folders preprocess reads (a run with `params:preprocess`),
+are checked against the configured model (`dimo.weight_folders`: files present, text width, channels, the I2V
+image embedder). Optional datasets (a class whose name starts with `Optional`) and datasets that start empty
 (`created_on_load`: caches, the Optuna study) are never required; an optional input that the main job makes and
 that does not exist yet puts its pipeline in the plan (validate's clip sources), without being reported.
 """
@@ -15,6 +17,8 @@ that does not exist yet puts its pipeline in the plan (validate's clip sources),
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dimo import weight_folders
 
 TAG_PREFIX = "starts_from."
 
@@ -24,6 +28,7 @@ class Problem:
     what: str              # e.g. "training_pairs", "model models:/dimo@stage2", "Wan folder /x"
     made_by: str | None    # the pipeline that makes it, if one does
     reason: str = ""       # e.g. "not in the registry at sqlite:///mlflow.db"
+    missing: bool = True   # False: it exists but does not fit (a weight folder whose config disagrees)
 
     def __str__(self) -> str:
         notes = [n for n in (self.reason, f"made by {self.made_by}" if self.made_by else "") if n]
@@ -69,7 +74,7 @@ def registering_pipeline(uri: str, params: dict, registered: dict) -> str | None
     if not alias or name != training.get("registered_model_name"):
         return None
     for key, stage in training.get("stages", {}).items():
-        if alias in stage.get("aliases", []):
+        if alias in (stage or {}).get("aliases", []):  # a stage switched off (null) registers nothing
             try:
                 pipeline = stages.get(key).pipeline
             except KeyError:
@@ -85,8 +90,9 @@ def model_problem(uri: str, params: dict) -> tuple[str, str] | None:
     if not isinstance(uri, str) or uri in ("", "scratch"):
         return None
     if uri.startswith("wan:"):
-        folder = Path(uri.removeprefix("wan:"))
-        return None if folder.is_dir() else (f"Wan folder {folder}", "no such folder")
+        name, generator, _ = configured_model(params)
+        found = weight_folders.check_transformer(uri.removeprefix("wan:"), generator, name)
+        return (f"Wan folder {found[0]}", found[1]) if found else None
     if not uri.startswith("models:/"):
         return None if Path(uri).is_dir() else (f"model folder {uri}", "no such folder")
     import mlflow
@@ -128,23 +134,40 @@ def pipeline_problems(pipe, catalog, params: dict, registered: dict, made_in_run
             if maker in made_in_run or uri in registered_in_run:
                 continue
             if found := model_problem(uri, params):
-                out.append(Problem(found[0], maker, found[1]))
+                out.append(Problem(found[0], maker, found[1], missing=not found[1].startswith("config.json")))
         registered_in_run |= _aliases_registered(node, params)
+    if "params:preprocess" in pipe.inputs():
+        name, generator, text_width = configured_model(params)
+        out += [Problem(f"weight folder {folder}", None, why, missing=not why.startswith("config.json"))
+                for folder, why in weight_folders.preprocess_problems(params.get("preprocess", {}), generator,
+                                                                       text_width, name)]
     return out
+
+
+def configured_model(params: dict) -> tuple[str, dict, int]:
+    """(config name, generator kwargs, text input width) of `training.model`, what weight folders must fit."""
+    from dimo.models import configs
+
+    spec = _param(params, "training.model") or {}
+    cfg = configs.get(spec.get("config", "tiny"), variant=spec.get("variant", "full"), **spec.get("overrides", {}))
+    return cfg.name, cfg.generator, cfg.text_in_dim
 
 
 def _aliases_registered(node, params: dict) -> set[str]:
     """Model URIs a training node of this run registers (so a later node of the same run may start from them)."""
     training = params.get("training", {})
     key = node.name.removeprefix("register_")
-    if not node.name.startswith("register_") or key not in training.get("stages", {}):
+    if not node.name.startswith("register_") or not (training.get("stages") or {}).get(key):
         return set()
     name = training.get("registered_model_name")
     return {f"models:/{name}@{a}" for a in training["stages"][key].get("aliases", [])}
 
 
 def plan(pipe, catalog, params: dict, registered: dict) -> tuple[list[Problem], list[str]]:
-    """(what the run misses, the pipelines to run first, in data-flow order)."""
+    """(what the run misses, the pipelines to run first, in data-flow order; a stage switched off in this
+    environment is not one of them)."""
+    from dimo.training import stages
+
     made = producers(registered)
     problems = pipeline_problems(pipe, catalog, params, registered, set(), made)
     needed: list[str] = []
@@ -158,7 +181,9 @@ def plan(pipe, catalog, params: dict, registered: dict) -> tuple[list[Problem], 
         upstream = pipeline_problems(registered[name], catalog, params, registered, set(needed), made)
         frontier += [p.made_by for p in upstream if p.made_by and p.made_by not in needed]
         frontier += _optional_sources(registered[name], catalog, registered, needed, made)
-    order = [n for n in _data_flow_order(registered) if n in needed]
+    switched_off = {st.pipeline for st in stages.STAGES
+                    if not stages.enabled(st.key, _param(params, "training.stages") or {})}
+    order = [n for n in _data_flow_order(registered) if n in needed and n not in switched_off]
     return problems, order
 
 
@@ -192,7 +217,10 @@ def message(run: str, problems: list[Problem], order: list[str], env: str | None
     """One line: what is missing, who makes it, and the commands that would make it."""
     env_flag = f" --env={env}" if env and env not in ("local", "base") else ""
     env_var = f"KEDRO_ENV={env} " if env_flag else ""
-    line = f"{run} cannot start: missing {', '.join(map(str, problems))}."
+    missing, wrong = [p for p in problems if p.missing], [p for p in problems if not p.missing]
+    parts = ([f"missing {', '.join(map(str, missing))}"] if missing else []) + (
+        [f"wrong {', '.join(map(str, wrong))}"] if wrong else [])
+    line = f"{run} cannot start: {'; '.join(parts)}."
     if order:
         line += f" Run first: kedro run{env_flag} --pipelines={','.join(order)}"
         if run in dvc_stages:

@@ -200,10 +200,12 @@ def generate(dimo: inference.Dimo, pairs: pd.DataFrame, options: inference.Optio
 
 def evaluate_model(model, codec, text_spec: Mapping, pairs: pd.DataFrame, options: inference.Options,
                    metrics: Sequence[str] | None = None, weights: M.WeightsConfig | Mapping | None = None,
-                   label_params: dict | None = None, progress: bool = True, clips: Mapping | None = None
-                   ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Generate and score every pair with an in-memory model (sweep trials, ablation variants): (scores, videos)."""
-    videos = generate(dimo_from_model(model, codec, text_spec), pairs, options, progress)
+                   label_params: dict | None = None, progress: bool = True, clips: Mapping | None = None,
+                   device: str | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Generate and score every pair with an in-memory model (sweep trials, ablation variants): (scores, videos).
+    `device`: where it samples (None: where the model is, e.g. the GPU it trained on; "auto": CUDA when present)."""
+    where = inference.resolve_device(device) if device else next(model.parameters()).device
+    videos = generate(dimo_from_model(model, codec, text_spec, where), pairs, options, progress)
     return score(pairs, videos, metrics, weights, label_params, progress=progress, clips=clips), videos
 
 

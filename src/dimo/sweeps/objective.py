@@ -80,7 +80,8 @@ def make_evaluator(pairs: pd.DataFrame, codec, manifest: dict, evaluation: dict,
 
     def evaluate(model) -> dict:
         scores, _ = benchmark.evaluate_model(model, codec, manifest["text_encoder"], pairs, options, metrics,
-                                             evaluation.get("weights") or None, progress=False)
+                                             evaluation.get("weights") or None, progress=False,
+                                             device=evaluation.get("device"))
         return {m: float(scores[m].mean()) for m in metrics}
 
     return evaluate

@@ -42,7 +42,9 @@ class PairBatches:
 
     def example(self, driving_id: str, target_id: str) -> dict:
         drv, tgt = self.clip(driving_id), self.clip(target_id)
-        return {
+        # Wan2.1-I2V: the CLIP states of the reference image (the target's first frame), cached by preprocess.
+        image = {"image_embeddings": tgt["image_embeddings"]} if "image_embeddings" in tgt else {}
+        return {**image,
             "target_latents": tgt["latents"],
             "reference_latents": tgt["latents"][:, :1],
             "text_embeddings": tgt["text_embeddings"],

@@ -23,7 +23,7 @@ import pandas as pd
 
 from dimo import video_io
 from dimo.models import DimoModel
-from dimo.training import checkpoints, registry
+from dimo.training import checkpoints, registry, stages
 from dimo.training.batches import PairBatches
 from dimo.training.loop import StageSettings, train_stage
 from dimo.training.model_init import build_model, configure_for_stage
@@ -86,7 +86,11 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
               params: dict, previous: dict | None = None, sweep_best=NOT_LOADED) -> tuple[DimoModel, dict]:
     """Train one stage end to end; returns the trained model and its summary (also logged to MLflow).
     `previous`: the predecessor's registration (recorded in the summary). `sweep_best`: the annealing sweep's
-    best parameters, used when `params["geometric_loss_from_sweep"]` (see `effective_params`)."""
+    best parameters, used when `params["geometric_loss_from_sweep"]` (see `effective_params`). A stage switched off
+    in this environment (`training.stages.<stage>: null`) trains nothing: `stages.DisabledStage`."""
+    if not stages.enabled(stage, params["stages"]):
+        log.info("%s is switched off in this environment (training.stages.%s: null): nothing to train", stage, stage)
+        return stages.DisabledStage(stage), {**stages.DisabledStage(stage).record(), "previous": previous}
     params = effective_params(stage, params, sweep_best)
     stage_params = params["stages"][stage]
     train_pairs = pairs[(pairs["stage"] == stage) & (pairs["split"] == "train")]
@@ -146,7 +150,9 @@ def pick_grid_pair(pairs: pd.DataFrame, stage: str) -> tuple[str, str]:
 
 
 def register_stage(stage: str, model: DimoModel, codec, manifest: dict, summary: dict, params: dict) -> dict:
-    """Register the stage's weights in the MLflow registry with its aliases."""
+    """Register the stage's weights in the MLflow registry with its aliases (a switched-off stage: its record)."""
+    if isinstance(model, stages.DisabledStage):
+        return model.record()
     aliases = list(params["stages"][stage]["aliases"])
     tags = {"stage": stage, "config": model.config.name, "variant": model.config.variant, "steps": summary["steps"]}
     return registry.register(model, codec, manifest["text_encoder"], params["registered_model_name"], aliases, tags)

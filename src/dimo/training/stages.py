@@ -3,12 +3,17 @@
 Everything that needs the stages reads them from here: the Kedro pipeline registry (one pipeline per stage,
 built by `dimo.pipelines.training`), the DeepSpeed launcher, the geometric loss's global steps, the ablation, the
 annealing sweep and `dvc.yaml` (checked against `STAGES` by tests/test_project.py). What a stage trains on (its
-data mix), how long and from which weights are parameters (`training.stages.<key>`), not code.
+data mix), how long and from which weights are parameters (`training.stages.<key>`), not code. An environment
+switches a stage off with `training.stages.<key>: null` (conf/paper: no toy pretraining at real scale): its
+pipeline and DVC stage still run, train nothing and write a `disabled` record, so the chain, DVC and the
+preflight keep one shape in every environment.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +68,34 @@ def get(key: str) -> Stage:
     raise KeyError(f"unknown training stage {key!r}; stages: {[s.key for s in STAGES]}")
 
 
+def enabled(key: str, stages: dict) -> bool:
+    """Whether `training.stages.<key>` trains in this environment (null = switched off)."""
+    return stages.get(key) is not None
+
+
+def enabled_stages(stages: dict) -> tuple[str, ...]:
+    """The stage keys this environment trains, in chain order."""
+    return tuple(s.key for s in STAGES if enabled(s.key, stages))
+
+
+@dataclass(frozen=True)
+class DisabledStage:
+    """What a switched-off stage's train node returns instead of a model: its `{stage}_model` folder then holds
+    only `disabled.json`, and its registration is `record()`, so DVC's outputs exist and the next stage waits
+    on a registration that says why nothing was trained."""
+
+    key: str
+
+    def record(self) -> dict:
+        return {"stage": self.key, "disabled": True,
+                "reason": f"training.stages.{self.key} is null in this environment: nothing trained or registered"}
+
+    def save_pretrained(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "disabled.json"), "w") as f:
+            json.dump(self.record(), f, indent=2)
+
+
 def global_step_offset(key: str, stages: dict) -> int:
     """Steps of the paper stages before `key` (0 for pretraining): the geometric anneal runs over global steps."""
     if key not in PAPER_STAGES:
@@ -98,12 +131,13 @@ def run_chain(stages: Sequence[str], pairs: pd.DataFrame, cache: dict, codec, ma
     prune or stop. `register`: register each stage's weights with its aliases. `save_dir`: also save each stage's
     weights to `<save_dir>/<stage>` (a later stage's `init` may point there). `previous`: the registration the
     first stage waits for (recorded in its summary; later stages record their predecessor's in this chain).
-    The ablation, the sweep and the launcher all train through this, so "stage 1 -> 2 -> 3" is written once."""
+    The ablation, the sweep and the launcher all train through this, so "stage 1 -> 2 -> 3" is written once.
+    A stage switched off in `params` (`enabled`) is passed over."""
     from dimo.training.nodes import register_stage, run_stage
 
     for key in stages:
         get(key)  # unknown names fail before any training
-    for key in stages:
+    for key in (k for k in stages if enabled(k, params["stages"])):
         model, summary = run_stage(key, pairs, cache, codec, manifest, deepspeed_config, params, previous,
                                    sweep_best=sweep_best)
         if save_dir is not None:

@@ -92,7 +92,8 @@ def run_variant(name: str, pairs: pd.DataFrame, cache: dict, codec, manifest: di
             t0 = time.perf_counter()
             scores, videos = benchmark.evaluate_model(done.model, codec, manifest["text_encoder"], bench, options,
                                                       evaluate["metrics"], evaluate["weights"],
-                                                      label_params if ablation["pose"] else None, clips=targets)
+                                                      label_params if ablation["pose"] else None, clips=targets,
+                                                      device=ablation.get("device"))
             row, unavailable = stage_scores(scores, benchmark.set_metrics(bench, videos, evaluate["weights"],
                                                                           clips=targets))
             if unavailable:

@@ -2,14 +2,15 @@
 
 Training reads only this cache (and never re-encodes). At real scale the codec is Wan2.1's VAE from a local
 folder; at toy scale no pretrained video VAE exists here, so a tiny AutoencoderKLWan is fitted to the clips first
-(on the CPU). The codec and the text encoder encode on `preprocess.device` (auto: CUDA when present); the cache
-is written from CPU tensors.
+(on the CPU). The codec, the text encoder and (Wan2.1-I2V) the CLIP image encoder encode `preprocess.batch_clips`
+same-size clips at a time on `preprocess.device` (auto: CUDA when present); the cache is written from CPU tensors.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,12 +82,32 @@ def prepare_codec(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_cl
     return codec, {"codec_recon_psnr_db": {"value": psnr, "step": cfg["toy_steps"]}}
 
 
-def clip_entry(row, frames: np.ndarray, codec: LatentCodec, texts: FrozenTextEncoder, driving_size: int) -> dict:
-    """The cache entry of one clip from its frames (all tensors; see docs/architecture.md, 'Latent cache')."""
-    device = next(codec.parameters()).device
-    with torch.no_grad():
-        latents = codec.encode(_video_tensor(frames).to(device))[0].cpu()
-        emb, mask = (t.cpu() for t in texts.encode([row.caption]))
+class ImageEncoder:
+    """Wan2.1-I2V's CLIP image encoder, as diffusers' WanImageToVideoPipeline uses it: the `image_processor`, then
+    the vision tower's penultimate hidden state (B, 257, 1280 for ViT-H/14), which the generator's image
+    cross-attention reads (`encoder_hidden_states_image`). `path`: the Wan I2V folder (image_encoder/,
+    image_processor/) or the image_encoder folder itself."""
+
+    def __init__(self, path: str, device: torch.device):
+        from transformers import CLIPImageProcessor, CLIPVisionModel
+
+        from dimo.weight_folders import component
+
+        root = Path(path)
+        self.model = CLIPVisionModel.from_pretrained(component(root, "image_encoder")).to(device).eval()
+        processor = root / "image_processor" if (root / "image_processor").is_dir() else root
+        self.processor = CLIPImageProcessor.from_pretrained(processor)
+        self.device = device
+
+    @torch.no_grad()
+    def encode(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 (H, W, 3) images -> (B, N, D) float on the CPU."""
+        pixels = self.processor(images=list(images), return_tensors="pt").pixel_values.to(self.device)
+        return self.model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2].float().cpu()
+
+
+def _label_entry(row, frames: np.ndarray, driving_size: int) -> dict:
+    """The motion side of a cache entry: driving frames at the motion encoder's size, keypoints, pose targets."""
     label = label_format.load_label(row.label_path)
     pose, pose_valid = label_format.pose_targets(label)
     hands = label["keypoints2d_hand"].copy()
@@ -98,9 +119,6 @@ def clip_entry(row, frames: np.ndarray, codec: LatentCodec, texts: FrozenTextEnc
     scale = np.array([w / frames.shape[2], h / frames.shape[1], 1.0], dtype=np.float32)
     driving = video_io.resize_frames(frames, h, w)
     return {
-        "latents": latents.float().contiguous(),
-        "text_embeddings": emb[0].float(),
-        "text_mask": mask[0].to(torch.uint8),
         "driving_frames": torch.from_numpy(driving).permute(0, 3, 1, 2).contiguous(),  # uint8 (T, 3, h, w)
         "hand_keypoints": torch.from_numpy(hands * scale).float(),  # (T, 2, 21, 3) in driving-frame pixels
         "wrist_keypoints": torch.from_numpy(wrists * scale).float(),  # (T, 2, 3)
@@ -109,24 +127,67 @@ def clip_entry(row, frames: np.ndarray, codec: LatentCodec, texts: FrozenTextEnc
     }
 
 
+def batch_entries(rows: list, frames: list[np.ndarray], codec: LatentCodec, texts: FrozenTextEncoder,
+                  driving_size: int, images: ImageEncoder | None = None) -> list[dict]:
+    """Cache entries of same-size clips, encoded as one batch on the codec's device (see docs/architecture.md,
+    'Latent cache'). `images`: also `image_embeddings` of the reference image (the first frame: the first
+    target frame of any pair whose target is this clip) for I2V generators."""
+    device = next(codec.parameters()).device
+    with torch.no_grad():
+        video = torch.cat([_video_tensor(f) for f in frames]).to(device)
+        latents = codec.encode(video).cpu()
+        emb, mask = (t.cpu() for t in texts.encode([r.caption for r in rows]))
+    clip_images = images.encode([f[0] for f in frames]) if images is not None else None
+    out = []
+    for i, (row, clip_frames) in enumerate(zip(rows, frames, strict=True)):
+        entry = {"latents": latents[i].float().contiguous(), "text_embeddings": emb[i].float(),
+                 "text_mask": mask[i].to(torch.uint8), **_label_entry(row, clip_frames, driving_size)}
+        if clip_images is not None:
+            entry["image_embeddings"] = clip_images[i].contiguous()  # (N, D) CLIP penultimate states
+        out.append(entry)
+    return out
+
+
+def _batches(clips: pd.DataFrame, size: int) -> list[list]:
+    """Rows grouped into batches of at most `size` clips of one size (num_frames, height, width), in table order
+    of each group's first clip."""
+    groups: dict[tuple, list] = {}
+    for row in clips.itertuples():
+        groups.setdefault((row.num_frames, row.height, row.width), []).append(row)
+    return [rows[i:i + size] for rows in groups.values() for i in range(0, len(rows), size)]
+
+
 def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
                  codec: LatentCodec, params: dict) -> tuple[dict[str, Callable], dict]:
-    """Lazy cache entries (one clip read and encoded at a time while the catalog saves them) and a manifest."""
+    """Lazy cache entries and a manifest. Clips are encoded `batch_clips` at a time (same-size clips together);
+    the catalog saves entries in order, so at most one batch is held in memory."""
     device = resolve_device(params.get("device"))
     codec.eval().to(device)
     texts = text_encoder.from_spec(params["text_encoder"]).to(device)
+    image_path = (params.get("image_encoder") or {}).get("path")
+    images = ImageEncoder(image_path, device) if image_path else None
     loaders = _clip_folders(clips, synthetic_clips, ingested_clips)
+    done: dict[str, dict] = {}
 
-    def entry(row) -> Callable[[], dict]:
-        return lambda: clip_entry(row, clip_table.load_clip(loaders, row.clip_id).frames, codec, texts,
-                                  params["driving_size"])
+    def entry(batch: list, row) -> Callable[[], dict]:
+        def load() -> dict:
+            if row.clip_id not in done:
+                frames = [clip_table.load_clip(loaders, r.clip_id).frames for r in batch]
+                done.update(zip((r.clip_id for r in batch),
+                                batch_entries(batch, frames, codec, texts, params["driving_size"], images)))
+            return done.pop(row.clip_id)
+        return load
 
-    cache = {row.clip_id: entry(row) for row in clips.itertuples()}
+    cache = {row.clip_id: entry(batch, row) for batch in _batches(clips, int(params.get("batch_clips", 1)))
+             for row in batch}
     c, f, h, w = codec.latent_shape(int(clips["num_frames"].iloc[0]), int(clips["height"].iloc[0]),
                                     int(clips["width"].iloc[0]))
     manifest = {"clips": len(cache), "latent_shape": [c, f, h, w], "text_encoder": params["text_encoder"],
                 "text_dim": texts.output_dim, "driving_size": params["driving_size"],
                 "codec": params["codec"].get("pretrained_path") or "toy"}
+    if images is not None:
+        manifest["image_encoder"] = image_path
+        manifest["image_dim"] = images.model.config.hidden_size
     return cache, manifest
 
 
@@ -134,6 +195,8 @@ def build_training_pairs(clips: pd.DataFrame, params: dict) -> pd.DataFrame:
     """The candidate pairs of every training stage, from the train split (val pairs feed the sample grids)."""
     tables = []
     for name, stage in params["stages"].items():
+        if stage is None:  # switched off in this environment (conf/paper: pretrain)
+            continue
         for split in ("train", "val"):
             subset = clips[clips["split"] == split]
             try:
