@@ -121,6 +121,28 @@ def test_paper_train_stage1_without_a_wan_folder_fails_in_seconds_naming_it(tmp_
     print(f"kedro run --env=paper --pipelines=train_stage1 failed after {seconds:.1f} s")
 
 
+def test_the_cli_hook_names_the_wan_folder_before_kedro_imports_torch(tmp_path):
+    """The fast path: the CLI hook reads parameters alone; torch, diffusers and the pipelines stay unimported."""
+    code = """
+import sys
+from pathlib import Path
+from kedro.framework.startup import bootstrap_project
+from dimo.cli_hooks import cli_hooks
+meta = bootstrap_project(Path(sys.argv[1]))
+try:
+    cli_hooks.before_command_run(meta, ["run", "--env=paper", "--pipelines=train_stage1"])
+except SystemExit as e:
+    print("exit", e.code, sorted(m for m in ("torch", "diffusers", "deepspeed", "dimo.pipelines") if m in sys.modules))
+"""
+    done = run_cli(["python", "-c", code, str(PROJECT_ROOT)], PROJECT_ROOT, timeout=120)
+    assert "exit 2 []" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "train_stage1 cannot start: missing Wan folder /models/Wan2.1-T2V-1.3B-Diffusers" in done.stderr
+    params = _params("paper")  # the other pipelines with weight folders, and one without
+    assert preflight.weight_folder_problems(params, ["ablation"])[0].what.startswith("Wan folder /models/")
+    assert preflight.weight_folder_problems(params, ["ingest"]) == []
+    assert preflight.weight_folder_problems(_params("smoke"), ["__default__"]) == []
+
+
 # ------------------------------------------------------------------ the paper chain
 def test_the_paper_chain_has_no_pretrain_stage_and_the_ablation_starts_from_wan():
     from dimo.pipelines.ablation.nodes import variant_params

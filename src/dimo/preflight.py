@@ -144,6 +144,30 @@ def pipeline_problems(pipe, catalog, params: dict, registered: dict, made_in_run
     return out
 
 
+def weight_folder_problems(params: dict, pipeline_names: list[str]) -> list[Problem]:
+    """The weight folders the named pipelines start from, checked from the parameters alone (no pipeline is
+    built, no torch imported): the `wan:` init of each training stage, the ablation's `wan:` base, and
+    preprocess's folders. The CLI hook (`dimo.cli_hooks`) runs this before Kedro builds the session; `plan`
+    checks the same folders through the nodes' `starts_from` tags."""
+    from dimo.training import stages
+
+    every = "__default__" in pipeline_names
+    uris = [_param(params, f"training.stages.{st.key}.init") for st in stages.STAGES
+            if every or st.pipeline in pipeline_names]
+    if every or "ablation" in pipeline_names:
+        uris.append(_param(params, "ablation.base"))
+    out = []
+    for uri in dict.fromkeys(u for u in uris if isinstance(u, str) and u.startswith("wan:")):
+        if found := model_problem(uri, params):
+            out.append(Problem(found[0], None, found[1], missing=not found[1].startswith("config.json")))
+    if every or "preprocess" in pipeline_names:
+        name, generator, text_width = configured_model(params)
+        out += [Problem(f"weight folder {folder}", None, why, missing=not why.startswith("config.json"))
+                for folder, why in weight_folders.preprocess_problems(params.get("preprocess", {}), generator,
+                                                                       text_width, name)]
+    return out
+
+
 def configured_model(params: dict) -> tuple[str, dict, int]:
     """(config name, generator kwargs, text input width) of `training.model`, what weight folders must fit."""
     from dimo.models import configs
