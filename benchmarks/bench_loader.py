@@ -7,13 +7,17 @@ read for a fixed number of micro-batches by each configuration, each in a fresh 
 
 * `direct`: the loop's batches built in the training process (`PairBatches.batch`, no DataLoader): the only path
   before the loader existed, so `--before-src <old src>` runs it on old code for the before/after figures;
-* `loader-w0`: `data_loader.micro_batches` with num_workers 0 (the toy default), micro-batch 1;
-* `loader-w2-micro2`: 2 worker processes, prefetch 4, micro-batch 2 over both sizes (size buckets).
+* `loader-w0-keep128`: `data_loader.micro_batches` as the toy default runs it: num_workers 0, micro-batch 1, an
+  LRU of 128 clips;
+* `loader-w2-micro2`: 2 worker processes, prefetch 4, micro-batch 2 over both sizes (size buckets), no LRU.
 
-Reported per run: samples/s and peak RSS of the process plus its workers (psutil, sampled every 20 ms; a worker's
-shared pages count once per process, so this overstates, never understates), and the peak of ru_maxrss.
+Reported per run: samples/s and the peak memory of the process plus its workers (psutil, sampled every 50 ms):
+RSS summed over processes (a forked worker's pages shared with the parent count once per process, so this
+overstates) and PSS (shared pages split between the processes sharing them), and ru_maxrss. The batch-building
+processes use `--threads` torch threads (default 1, as DataLoader workers do): on a shared 2-core machine more
+threads mostly wait for each other.
 
-    python benchmarks/bench_loader.py [--clips 40] [--scales 1 10 100] [--micro-batches 2000]
+    python benchmarks/bench_loader.py [--clips 40] [--scales 1 10 100] [--micro-batches 2000] [--threads 1]
                                       [--before-src /tmp/old/src] [--workdir /tmp/dimo_bench_loader]
 Writes benchmarks/results/loader.json.
 """
@@ -34,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, LATENT_FRAMES, TEXT = 17, 5, (16, 64)
 SIZES = [(8, 8), (6, 10)]  # latent h, w; driving frames are 4x (a ~32 px crop)
-CONFIGS = {"direct": dict(num_workers=0, micro=1, direct=True), "loader-w0": dict(num_workers=0, micro=1),
+CONFIGS = {"direct": dict(num_workers=0, micro=1, direct=True),
+           "loader-w0-keep128": dict(num_workers=0, micro=1, keep_clips=128),
            "loader-w2-micro2": dict(num_workers=2, micro=2, prefetch_factor=4)}
 
 
@@ -84,10 +89,11 @@ def build_cache(folder: Path, clips: int) -> None:
 class PeakRSS:
     """Peak of (this process + its children) RSS, sampled in a thread."""
 
-    def __init__(self, every_s: float = 0.02):
+    def __init__(self, every_s: float = 0.05):
         import psutil
 
-        self.proc, self.every_s, self.peak, self._stop = psutil.Process(), every_s, 0, threading.Event()
+        self.proc, self.every_s, self._stop = psutil.Process(), every_s, threading.Event()
+        self.peak = self.peak_pss = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -96,13 +102,14 @@ class PeakRSS:
             time.sleep(self.every_s)
 
     def sample(self) -> None:
-        total = 0
+        rss = pss = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                full = p.memory_full_info()
             except Exception:  # a worker that just ended
-                pass
-        self.peak = max(self.peak, total)
+                continue
+            rss, pss = rss + full.rss, pss + full.pss
+        self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
     def __enter__(self):
         self.thread.start()
@@ -117,16 +124,19 @@ class PeakRSS:
 def run_one(spec: dict) -> dict:
     """One configuration on one cache, in this (fresh) process."""
     import pandas as pd
+    import torch
 
     from dimo.training.batches import PairBatches
 
+    torch.set_num_threads(spec["threads"])
     folder, cfg = Path(spec["folder"]), CONFIGS[spec["config"]]
     pairs = pd.read_parquet(folder / "pairs.parquet")
     cache = partitions(folder / "latents").load()  # clip id -> lazy load, as the catalog hands it over
     mix = {"reconstruction": 0.5, "cross_view": 0.5}
     with PeakRSS() as rss:
         rss_start = rss.proc.memory_info().rss
-        batches = PairBatches(pairs, cache, mix, cfg["micro"], seed=0, accumulation=2)
+        keep = {"keep_clips": cfg["keep_clips"]} if "keep_clips" in cfg else {}  # the old code has no LRU
+        batches = PairBatches(pairs, cache, mix, cfg["micro"], seed=0, accumulation=2, **keep)
         count = spec["micro_batches"]
         t0 = time.perf_counter()
         if cfg.get("direct"):
@@ -141,9 +151,9 @@ def run_one(spec: dict) -> dict:
         seconds = time.perf_counter() - t0
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"clips": len(cache), "pairs": len(pairs), "micro_batches": count, "micro_batch": cfg["micro"],
-            "num_workers": cfg["num_workers"], "seconds": seconds, "samples_per_s": count * cfg["micro"] / seconds,
+            "num_workers": cfg["num_workers"], "keep_clips": cfg.get("keep_clips", 0), "seconds": seconds, "samples_per_s": count * cfg["micro"] / seconds,
             "rss_start_mb": rss_start / 2**20, "peak_rss_mb": rss.peak / 2**20,
-            "rss_growth_mb": (rss.peak - rss_start) / 2**20,
+            "rss_growth_mb": (rss.peak - rss_start) / 2**20, "peak_pss_mb": rss.peak_pss / 2**20,
             "ru_maxrss_mb": {"self": kib[0] / 1024, "children": kib[1] / 1024}}
 
 
@@ -161,6 +171,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=40, help="clips at scale 1")
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 10, 100])
     ap.add_argument("--micro-batches", type=int, default=2000, help="micro-batches each run reads")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the batch-building process")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--before-src", type=Path, help="a src/ folder of the code before the loader: runs `direct` there")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dimo_bench_loader"))
@@ -180,12 +191,14 @@ def main() -> None:
         if args.before_src:
             todo.insert(0, ("direct", args.before_src, "before"))
         for config, src, code in todo:
-            spec = {"folder": str(folder), "config": config, "micro_batches": args.micro_batches}
+            spec = {"folder": str(folder), "config": config, "micro_batches": args.micro_batches,
+                    "threads": args.threads}
             r = {"scale": scale, "config": config, "code": code, **child(spec, src)}
             runs.append(r)
             print(f"  {scale:>4}x {r['clips']:>6} clips  {code:<6} {config:<17} {r['samples_per_s']:>8.0f} samples/s"
-                  f"  peak RSS {r['peak_rss_mb']:>7.0f} MB (+{r['rss_growth_mb']:.0f} MB while reading)", flush=True)
-    result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+                  f"  peak RSS {r['peak_rss_mb']:>6.0f} MB (+{r['rss_growth_mb']:.0f} MB while reading)"
+                  f"  PSS {r['peak_pss_mb']:>6.0f} MB", flush=True)
+    result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count()}, "threads": args.threads,
               "clip_bytes": sum(v.numel() * v.element_size() for v in clip(0, SIZES[0]).values()),
               "micro_batches": args.micro_batches, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)

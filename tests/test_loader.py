@@ -5,7 +5,6 @@ stage with workers."""
 
 from __future__ import annotations
 
-import gc
 import shutil
 import weakref
 from collections import Counter
@@ -105,6 +104,14 @@ def test_workers_give_the_same_batches_as_the_training_process(tmp_path):
         assert_same(a, b)
 
 
+def test_the_clip_lru_gives_the_same_batches():
+    pairs, cache = clip_set(groups=3)
+    fresh = PairBatches(pairs, cache, MIX, 2, seed=1, accumulation=2)
+    kept = PairBatches(pairs, cache, MIX, 2, seed=1, accumulation=2, keep_clips=3)
+    for (_, _, a), (_, _, b) in zip(drained(fresh, 0, 0, 6), drained(kept, 0, 0, 6)):
+        assert_same(a, b)
+
+
 def test_making_the_loader_leaves_the_global_rng_alone():
     """The model's draws without a generator use the global RNG: a DataLoader iterator seeds its workers from
     its own generator, so the default run's numbers do not move."""
@@ -178,8 +185,10 @@ def test_clip_shapes_come_from_the_safetensors_header(tmp_path):
 
 
 # ---------------------------------------------------------------- memory
-def test_clips_read_for_batches_are_not_kept():
-    """PairBatches used to keep every clip it read: a real dataset (10^5 clips of ~12 MB) does not fit."""
+@pytest.mark.parametrize("keep_clips", [0, 8])
+def test_clips_read_for_batches_are_not_kept(keep_clips):
+    """PairBatches used to keep every clip it read: a real dataset (10^5 clips of ~12 MB) does not fit. Now at
+    most `keep_clips` (the LRU) plus one micro-batch's clips are alive."""
     alive = weakref.WeakSet()
     pairs, cache = clip_set(groups=10, singles=10)
 
@@ -190,14 +199,15 @@ def test_clips_read_for_batches_are_not_kept():
             return tensors
         return load
 
-    batches = PairBatches(pairs, {c: lazy(e) for c, e in cache.items()}, MIX, 2, seed=0, accumulation=2)
+    batches = PairBatches(pairs, {c: lazy(e) for c, e in cache.items()}, MIX, 2, seed=0, accumulation=2,
+                          keep_clips=keep_clips)
     read = set()
     for step, micro, batch in micro_batches(batches, 0, 0, 40, LoaderSettings()):
         read.update(pairs["target_clip_id"].iloc[batches.sample_ids(step, micro, 0)])
-        del batch
-        gc.collect()
-        assert len(alive) <= 4  # at most one micro-batch's clips (driving + target, micro 2) are alive
+        del batch  # (refcounting frees a clip at once: no gc.collect needed, and it is slow here)
+        assert len(alive) <= keep_clips + 4  # the LRU + one micro-batch's clips (driving + target, micro 2)
     assert len(read) >= 30  # ... while most of the 40 clips were read
+    assert len(batches._kept) == keep_clips
 
 
 # ---------------------------------------------------------------- exact resume through the loader, with workers

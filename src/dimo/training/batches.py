@@ -5,7 +5,8 @@ target's first latent frame. The prompt is the target's caption (it describes th
 encoder sees the driving clip's frames, hand keypoints and pose labels.
 
 Which pairs micro-batch (step, micro, rank) holds depends only on those numbers and the seed (`sample_ids`), and
-clips are read from the cache when a batch is built, never kept: memory does not grow with the dataset.
+clips are read from the cache when a batch is built; at most `keep_clips` recently used ones are kept (an LRU: a
+toy dataset fits, a real one does not), so memory does not grow with the dataset.
 `dimo.training.data_loader` runs `PairBatches.batch` in DataLoader workers, ahead of the loop.
 
 Size buckets (micro-batch > 1, clips of several sizes): a micro-batch only stacks examples of one bucket (every
@@ -23,6 +24,7 @@ micro-batch 1) the samples are exactly `mixtures.sample_indices`, the order befo
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -74,10 +76,11 @@ class PairBatches:
     """Deterministic batches for one stage: batch(step, micro, rank) depends only on those numbers and the seed."""
 
     def __init__(self, pairs: pd.DataFrame, cache: Mapping[str, Callable[[], dict] | dict], mix: dict,
-                 micro_batch: int, seed: int, world_size: int = 1, accumulation: int = 1):
+                 micro_batch: int, seed: int, world_size: int = 1, accumulation: int = 1, keep_clips: int = 0):
         self.pairs, self.mix, self.seed = pairs.reset_index(drop=True), mix, seed
         self.micro_batch, self.world_size, self.accumulation = micro_batch, world_size, accumulation
-        self._cache = cache
+        self._cache, self.keep_clips = cache, keep_clips
+        self._kept: OrderedDict[str, dict] = OrderedDict()  # the LRU, per process (each worker has its own)
         self.bucket_of = size_buckets(self.pairs, cache) if micro_batch > 1 else None
         if self.bucket_of is not None and len(set(self.bucket_of)) == 1:
             self.bucket_of = None  # one size: nothing to group
@@ -103,7 +106,15 @@ class PairBatches:
                         "with the kind they have", lacking, self.mix)
 
     def clip(self, clip_id: str) -> dict:
-        return load_clip(self._cache[clip_id])
+        if clip_id in self._kept:
+            self._kept.move_to_end(clip_id)
+            return self._kept[clip_id]
+        tensors = load_clip(self._cache[clip_id])
+        if self.keep_clips > 0:
+            self._kept[clip_id] = tensors
+            if len(self._kept) > self.keep_clips:
+                self._kept.popitem(last=False)
+        return tensors
 
     def sample_ids(self, step: int, micro: int, rank: int) -> list[int]:
         per_step = self.micro_batch * self.accumulation * self.world_size

@@ -26,6 +26,7 @@ class LoaderSettings:
     prefetch_factor: int = 2  # micro-batches each worker builds ahead (workers > 0)
     pin_memory: bool | str = "auto"  # auto: when the engine is on a CUDA device
     persistent_workers: bool = False  # keep workers between iterations (a stage iterates once)
+    keep_clips: int = 0  # clips each process keeps (LRU, `PairBatches.keep_clips`): 0 = read every time
 
     @classmethod
     def from_params(cls, params: dict | None) -> LoaderSettings:

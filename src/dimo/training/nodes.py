@@ -108,7 +108,8 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
         seed=params["seed"], checkpoint_every=params["checkpoint_every"], log_every=params["log_every"],
         eval_every=params["eval_every"], deepspeed_config=deepspeed_config,
         precision=params.get("precision", "auto"), loader=LoaderSettings.from_params(params.get("loader")))
-    batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"])
+    batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"],
+                          keep_clips=settings.loader.keep_clips)
 
     grid_pair = pick_grid_pair(pairs, stage)
     active = mlflow.active_run() is not None
