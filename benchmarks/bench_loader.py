@@ -151,7 +151,8 @@ def run_one(spec: dict) -> dict:
         seconds = time.perf_counter() - t0
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"clips": len(cache), "pairs": len(pairs), "micro_batches": count, "micro_batch": cfg["micro"],
-            "num_workers": cfg["num_workers"], "keep_clips": cfg.get("keep_clips", 0), "seconds": seconds, "samples_per_s": count * cfg["micro"] / seconds,
+            "num_workers": cfg["num_workers"], "keep_clips": cfg.get("keep_clips", 0), "seconds": seconds,
+            "samples_per_s": count * cfg["micro"] / seconds,
             "rss_start_mb": rss_start / 2**20, "peak_rss_mb": rss.peak / 2**20,
             "rss_growth_mb": (rss.peak - rss_start) / 2**20, "peak_pss_mb": rss.peak_pss / 2**20,
             "ru_maxrss_mb": {"self": kib[0] / 1024, "children": kib[1] / 1024}}

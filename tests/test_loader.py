@@ -154,10 +154,11 @@ def test_micro_batches_of_two_over_mixed_sizes_stack_one_size_deterministically(
     assert len(set(batches.bucket_of)) == 2
     # each bucket gets about the share of samples it would get without buckets (here: its share of each kind)
     per_bucket = Counter(int(batches.bucket_of[rows[0]]) for rows in ids.values())
-    share = {b: sum(0.5 * ((batches.bucket_of == b) & (pairs["kind"] == k).to_numpy()).sum() / (pairs["kind"] == k).sum()
-                    for k in MIX) for b in (0, 1)}
+    kinds_of = pairs["kind"].to_numpy()
+    share = {b: sum(0.5 * ((batches.bucket_of == b) & (kinds_of == k)).sum() / (kinds_of == k).sum() for k in MIX)
+             for b in (0, 1)}
     assert all(abs(per_bucket[b] / len(ids) - share[b]) < 0.08 for b in (0, 1)), (per_bucket, share)
-    for step, micro, batch in drained(batches, 0, 0, 8, num_workers=2):  # and they collate
+    for _, _, batch in drained(batches, 0, 0, 8, num_workers=2):  # and they collate
         assert batch["target_latents"].shape[0] == 2 and batch["driving_frames"].shape[0] == 2
 
 
