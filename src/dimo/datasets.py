@@ -63,6 +63,13 @@ class SafetensorsDataset(AbstractDataset[dict, dict]):
 
         return load_file(str(self._filepath))
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each tensor's shape, read from the file header only (the training loader's size buckets)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._filepath), "pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+
     def save(self, data: dict) -> None:
         import os
         import tempfile

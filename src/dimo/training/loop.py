@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dimo.training import checkpoints
+from dimo.training import checkpoints, data_loader
 from dimo.training.batches import PairBatches, move_batch
+from dimo.training.data_loader import LoaderSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class StageSettings:
     eval_every: int = 0  # 0 = only at the end
     deepspeed_config: dict = field(default_factory=dict)
     precision: str = "auto"  # auto: the DeepSpeed json's bf16 on GPU, fp32 on CPU | bf16 | fp32 (any device)
+    loader: LoaderSettings = field(default_factory=LoaderSettings)  # workers, prefetch, pinning: not the batches
 
 
 def init_distributed() -> tuple[int, int]:
@@ -91,10 +93,16 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 
 
 def step_inputs(batches: PairBatches, settings: StageSettings, step: int, micro: int, rank: int,
-                device: torch.device | str) -> tuple[dict, torch.Generator]:
-    """What the engine gets for one micro step: the batch on `device` and the step's (CPU) generator."""
-    batch = move_batch(batches.batch(step, micro, rank), device)
-    return batch, step_generator(settings.seed, step, micro, rank)
+                device: torch.device | str, loader=None) -> tuple[dict, torch.Generator]:
+    """What the engine gets for one micro step: the batch on `device` and the step's (CPU) generator. The batch
+    is the next one of `loader` (`data_loader.micro_batches`, the loop's path), else built here; the same."""
+    if loader is None:
+        batch = batches.batch(step, micro, rank)
+    else:
+        got_step, got_micro, batch = next(loader)
+        if (got_step, got_micro) != (step, micro):
+            raise RuntimeError(f"the data loader is at step {got_step} micro {got_micro}, the loop at {step} {micro}")
+    return move_batch(batch, device), step_generator(settings.seed, step, micro, rank)
 
 
 def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSettings, checkpoint_dir: str | Path,
@@ -131,11 +139,12 @@ def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSet
     bar = tqdm(total=settings.steps, initial=start, desc=settings.name, disable=rank != 0, unit="step")
     samples_per_step = settings.global_batch
     t_start, losses = time.perf_counter(), {}
+    loader = data_loader.micro_batches(batches, rank, start, settings.steps, settings.loader, engine.device)
     for step in range(start, settings.steps):
         global_step = settings.global_step_offset + step
         totals: dict[str, float] = {}
         for micro in range(accumulation):
-            batch, generator = step_inputs(batches, settings, step, micro, rank, engine.device)
+            batch, generator = step_inputs(batches, settings, step, micro, rank, engine.device, loader)
             out = engine(batch, step=global_step, generator=generator)
             engine.backward(out["loss"])
             engine.step()

@@ -25,6 +25,7 @@ from dimo import video_io
 from dimo.models import DimoModel
 from dimo.training import checkpoints, registry, stages
 from dimo.training.batches import PairBatches
+from dimo.training.data_loader import LoaderSettings
 from dimo.training.loop import StageSettings, train_stage
 from dimo.training.model_init import build_model, configure_for_stage
 from dimo.training.samples import sample_grid
@@ -110,8 +111,9 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
         global_batch=batch_cfg["global"], micro_batch=batch_cfg["micro"], lr=stage_params.get("lr", params["lr"]),
         seed=params["seed"], checkpoint_every=params["checkpoint_every"], log_every=params["log_every"],
         eval_every=params["eval_every"], deepspeed_config=deepspeed_config,
-        precision=params.get("precision", "auto"))
-    batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"])
+        precision=params.get("precision", "auto"), loader=LoaderSettings.from_params(params.get("loader")))
+    batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"],
+                          keep_clips=settings.loader.keep_clips)
 
     grid_pair = pick_grid_pair(pairs, stage)
     active = mlflow.active_run() is not None
