@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from . import draws
+from . import draws, lora
 from .augment import DrivingAugment
 from .configs import DimoConfig
 from .configs import get as get_config
@@ -101,6 +101,9 @@ class DimoModel(nn.Module):
             f.write(self.config.to_json())
         for name in self.COMPONENTS:
             part = getattr(self, name)
+            if name == "generator" and lora.has_adapters(part):  # LoRA-trained: the merged weights, and the
+                lora.save_adapter(part, os.path.join(directory, lora.ADAPTER_FOLDER))  # adapter alone for users
+                part = lora.merged(part)
             if part is not None:
                 part.save_pretrained(os.path.join(directory, name), **kwargs)
 
@@ -121,7 +124,8 @@ class DimoModel(nn.Module):
                 part.enable_gradient_checkpointing()
 
     def trainable_parameters(self):
-        """Everything here trains (encoders, decoder, projection, full DiT: the paper fine-tunes end to end)."""
+        """What trains: everything (the paper fine-tunes end to end), or with LoRA (`lora.add_adapters`) the
+        adapters and all 3DiMo parts, the rest of the Wan DiT frozen."""
         return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ motion

@@ -1,5 +1,6 @@
 """The model a training stage starts from: a fresh toy model, a registered alias (possibly of another variant:
-its matching weights are transferred), or a stock Wan2.1 folder; and the training knobs the stage sets on it."""
+its matching weights are transferred), or a stock Wan2.1 folder; and the training knobs the stage sets on it
+(condition dropout, the geometric-loss schedule, LoRA adapters: what trains)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 import torch
 
-from dimo.models import DimoModel, configs
+from dimo.models import DimoModel, configs, lora
 from dimo.models.schedules import AnnealSchedule
 from dimo.training import registry
 
@@ -63,5 +64,7 @@ def configure_for_stage(model: DimoModel, stage: dict, params: dict) -> None:
     model.config.p_drop_motion = stage.get("p_drop_motion", params["p_drop_motion"])  # 1.0 = no motion at all
     geo = params["geometric_loss"] if stage.get("geometric_loss", True) else {**params["geometric_loss"], "start": 0.0}
     model.geo_schedule = AnnealSchedule(**geo)
+    if params["model"].get("lora"):  # adapters on the Wan layers, 3DiMo parts in full; saved merged
+        lora.add_adapters(model, params["model"]["lora"])
     if model.config.gradient_checkpointing:  # real-scale configs: activations of 48K-token clips need it
         model.enable_gradient_checkpointing()
