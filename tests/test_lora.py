@@ -8,6 +8,7 @@ latent cache of `tests/test_checkpoints.py`.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import warnings
 
@@ -17,10 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 from dimo.models import DimoModel, LatentCodec, configs, lora
-from dimo.training import registry
+from dimo.training import convert, registry
 from dimo.training.batches import PairBatches
 from dimo.training.model_init import configure_for_stage
 from dimo.training.nodes import register_stage, run_stage
+from tests.conftest import PROJECT_ROOT
 from tests.test_checkpoints import MANIFEST, TEXT_DIM, _register_base, store, tiny_stage_inputs  # noqa: F401
 
 SPEC = {"rank": 4, "alpha": 8, "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj"],
@@ -126,7 +128,8 @@ def test_a_lora_stage_resumes_exactly_registers_merged_and_reloads_to_the_same_o
     pairs, cache, params = tiny_stage_inputs(store / "ckpt", steps=2)
     params = _with_lora(params)
     _register_base(0)
-    model, _ = run_stage("stage1", pairs, cache, None, MANIFEST, {}, params)
+    zero2 = json.loads((PROJECT_ROOT / "conf" / "deepspeed" / "zero2.json").read_text())  # the default engine
+    model, _ = run_stage("stage1", pairs, cache, None, MANIFEST, zero2, params)
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     assert any(".lora_A." in k for k in trained)  # the DeepSpeed checkpoint holds the adapted module's keys
 
@@ -134,7 +137,7 @@ def test_a_lora_stage_resumes_exactly_registers_merged_and_reloads_to_the_same_o
     ckpt = store / "ckpt" / "stage1"
     shutil.rmtree(ckpt / "step-00000002")
     (ckpt / "latest").write_text("step-00000001")
-    resumed, summary = run_stage("stage1", pairs, cache, None, MANIFEST, {}, params)
+    resumed, summary = run_stage("stage1", pairs, cache, None, MANIFEST, zero2, params)
     assert summary["resumed_at"] == 1
     assert all(torch.equal(v, trained[k]) for k, v in resumed.state_dict().items()), "resumed weights differ"
 
@@ -160,3 +163,8 @@ def test_a_lora_stage_resumes_exactly_registers_merged_and_reloads_to_the_same_o
     assert (folder / "adapter_config.json").is_file() and adapter
     assert all(torch.equal(v, trained[f"generator.{k.replace('.weight', '.default.weight')}"])
                for k, v in adapter.items())
+
+    # the converter rebuilds the adapters from the checkpoint's lora.json and writes the same merged model
+    converted = DimoModel.from_pretrained(str(convert.convert(ckpt, store / "converted")))
+    assert not lora.has_adapters(converted.generator)
+    assert torch.allclose(_velocity(converted, batch), with_adapters, atol=TOLERANCE, rtol=0)

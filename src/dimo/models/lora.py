@@ -57,6 +57,7 @@ def add_adapters(model: nn.Module, spec: dict) -> None:
     3DiMo adds in full (see the module docstring)."""
     generator = model.generator
     generator.add_adapter(lora_config(spec))
+    model.lora_spec = dict(spec)  # the resume checkpoint records it, so the converter can rebuild the adapters
     own = own_generator_parameter_names(generator)
     for name, param in generator.named_parameters():
         param.requires_grad_(".lora_" in name or name in own)

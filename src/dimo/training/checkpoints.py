@@ -60,6 +60,8 @@ def latest_tag(checkpoint_dir: str | Path) -> str | None:
     tag = marker.read_text().strip()
     return tag if (Path(checkpoint_dir) / tag).is_dir() else None
 
+LORA_NAME = "lora.json"  # the LoRA spec of a run with adapters (training.model.lora)
+
 
 def save(engine, checkpoint_dir: str | Path, step: int, client_state: dict, keep: int = 2) -> str:
     """Write checkpoint `step-<n>`; only then point `latest` at it (atomic rename), then prune old ones.
@@ -73,6 +75,8 @@ def save(engine, checkpoint_dir: str | Path, step: int, client_state: dict, keep
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
     if engine.global_rank == 0:
         (checkpoint_dir / tag / CONFIG_NAME).write_text(engine.module.config.to_json())  # for the converter
+        if getattr(engine.module, "lora_spec", None):  # adapters in the state dict: the converter adds them first
+            (checkpoint_dir / tag / LORA_NAME).write_text(json.dumps(engine.module.lora_spec))
         fd, tmp = tempfile.mkstemp(dir=checkpoint_dir, prefix=".latest")
         with os.fdopen(fd, "w") as f:
             f.write(tag)

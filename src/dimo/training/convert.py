@@ -19,7 +19,7 @@ from pathlib import Path
 from accelerate import init_empty_weights
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from dimo.models import DimoConfig, DimoModel
+from dimo.models import DimoConfig, DimoModel, lora
 from dimo.models.dimo_model import CONFIG_NAME
 from dimo.training import checkpoints
 
@@ -49,6 +49,9 @@ def convert(checkpoint_dir: str | Path, out_dir: str | Path, tag: str = checkpoi
     state = {name: tensor.clone() for name, tensor in state.items()}
     with init_empty_weights(include_buffers=False):  # no random init of weights that are overwritten next
         model = DimoModel(DimoConfig.from_dict(json.loads(config_file.read_text())))
+        lora_file = checkpoint_dir / tag / checkpoints.LORA_NAME
+        if lora_file.is_file():  # a LoRA run: the same adapters, so its keys load; saved merged like a registration
+            lora.add_adapters(model, json.loads(lora_file.read_text()))
     model.load_state_dict(state, strict=True, assign=True)
     model.save_pretrained(str(out_dir))
     log.info("converted %s/%s (%d tensors) to %s", checkpoint_dir, tag, len(state), out_dir)
