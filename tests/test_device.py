@@ -8,11 +8,16 @@ CUDA would. Fake "cuda" tensors can be created in this CPU-only build but not us
 devices"), so "cuda" appears only where nothing is indexed (the batch move). Two CUDA rules fake tensors do not
 check are added by `GeneratorDeviceCheck`: a kernel refuses a generator of another device type.
 Like DeepSpeed, the tests build the model on the CPU and then move it (`module.to(device)`).
+
+On a real device the same paths run for real: `DIMO_TEST_DEVICE=cuda pytest tests/test_device.py` (what
+benchmarks/gpu_check.py does; its dry run uses `cpu`) puts every tensor that the fake device gets on that device,
+with no fake-tensor mode (CUDA itself refuses mismatched devices and generators).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -28,7 +33,11 @@ from dimo.models import DimoModel, LatentCodec, configs, draws
 from dimo.training.batches import PairBatches, move_batch
 from dimo.training.loop import StageSettings, deepspeed_config, step_generator, step_inputs, train_stage
 
-DEVICE = torch.device("meta")  # the fake accelerator (see the module docstring)
+REAL_DEVICE = os.environ.get("DIMO_TEST_DEVICE")  # unset: the fake accelerator (see the module docstring)
+DEVICE = torch.device(REAL_DEVICE or "meta")
+if DEVICE.type == "cuda" and DEVICE.index is None:  # tensors report cuda:<n>, never plain cuda
+    DEVICE = torch.device("cuda", torch.cuda.current_device())
+MISMATCH = RuntimeError if REAL_DEVICE else FakeTensorDeviceMismatchError  # what a device mismatch raises
 T, SIZE, F, TEXT_LEN = 17, 64, 5, 8  # driving frames, pixels, latent frames, text tokens
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +62,11 @@ class GeneratorDeviceCheck(TorchFunctionMode):
 @contextmanager
 def fake_device():
     """Inside: real CPU tensors become fake ones on first use, so a model built outside, the cache and the CPU
-    generator are the real ones, and everything after the device move has no data."""
+    generator are the real ones, and everything after the device move has no data. On a real device: no fake mode."""
+    if REAL_DEVICE:
+        with GeneratorDeviceCheck():
+            yield
+        return
     with FakeTensorMode(allow_non_fake_inputs=True), GeneratorDeviceCheck():
         yield
 
@@ -130,11 +143,12 @@ def test_sampler_on_a_device():
     assert video.device == DEVICE and video.shape == (1, 3, T, SIZE, SIZE)
 
 
+@pytest.mark.skipif(DEVICE.type == "cpu", reason="DIMO_TEST_DEVICE=cpu: nothing can mismatch the CPU")
 def test_the_fake_device_catches_what_cuda_would():
     """The harness itself: a CPU tensor meeting a device tensor, and a CPU generator drawing on the device, raise."""
     with fake_device():
         on_device = torch.zeros(3, device=DEVICE)
-        with pytest.raises(FakeTensorDeviceMismatchError):
+        with pytest.raises(MISMATCH):
             on_device + torch.ones(3)
         with pytest.raises(RuntimeError, match="device type for generator"):
             torch.randn(3, generator=torch.Generator(), device=DEVICE)
@@ -142,7 +156,7 @@ def test_the_fake_device_catches_what_cuda_would():
 
 
 def test_move_batch_targets_cuda_and_is_free_on_cpu():
-    cuda = torch.device("cuda", 0)
+    cuda = DEVICE if REAL_DEVICE else torch.device("cuda", 0)  # a CPU-only build makes fake cuda tensors only
     batch = pair_batches(configs.get("tiny")).batch(0)
     with fake_device():
         moved = move_batch({**batch, "note": "kept"}, cuda)
@@ -214,7 +228,8 @@ def _bf16_stage(folder: Path) -> dict:
     model = DimoModel(cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = train_stage(model, pair_batches(cfg, micro_batch=1), settings(precision="bf16"), folder / "ckpt")
-    changed = [not torch.equal(p.detach().float(), before[n].to(p.dtype).float()) for n, p in model.named_parameters()]
+    changed = [not torch.equal(p.detach().float(), before[n].to(p.device, p.dtype).float())  # on a GPU: on cuda
+               for n, p in model.named_parameters()]
     probe = DimoModel(cfg)  # the optimizer's own copy of the weights
     engine, *_ = deepspeed.initialize(model=probe, model_parameters=probe.trainable_parameters(),
                                       config=deepspeed_config(settings(precision="bf16"), 1))
