@@ -79,8 +79,10 @@ def warp_frames(frames: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     pts = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).view(1, -1, 3)  # (1, HW, 3)
     mapped = pts @ homography.transpose(1, 2).to(pts.dtype)  # (B, HW, 3)
-    grid = (mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6)).view(B, 1, H, W, 2).expand(B, T, H, W, 2)
-    out = F.grid_sample(frames.flatten(0, 1).float(), grid.flatten(0, 1), mode="bilinear", padding_mode="zeros",
+    grid = (mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6)).view(B, H, W, 2)
+    # One grid per clip, the clip's T frames as T*C channels: grid_sample derives the bilinear weights once per
+    # output pixel and reuses them for every channel (per frame it would derive them T times). Same numbers.
+    out = F.grid_sample(frames.reshape(B, T * C, H, W).float(), grid, mode="bilinear", padding_mode="zeros",
                         align_corners=False)
     return out.view(B, T, C, H, W).to(frames.dtype)
 

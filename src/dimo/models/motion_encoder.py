@@ -15,6 +15,18 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
 
+def encoder_layer_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` for our pre-norm, GELU, dropout-free layer with the same parameters and the same forward numbers,
+    without nn.MultiheadAttention's training path (it transposes to (S, N, E) and back and copies q, k, v apart:
+    ~8% of an encoder layer's fwd+bwd). Gradients agree with `layer(x)` up to float rounding (summation order)."""
+    attn = layer.self_attn
+    n, s, e = x.shape
+    qkv = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(n, s, 3, attn.num_heads, e // attn.num_heads).permute(2, 0, 3, 1, 4)
+    x = x + attn.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, s, e))
+    return x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
+
+
 class MotionEncoder(ModelMixin, ConfigMixin):
     """Per-frame 1D tokenizer: (B, T, [V,] 3, H, W) in [-1, 1] -> (B, T, K, token_dim).
 
@@ -75,11 +87,14 @@ class MotionEncoder(ModelMixin, ConfigMixin):
         patches = (patches + self.pos_embed + self.view_embed).flatten(1, 2)  # (B*T, V*P, width)
         latents = self.latent_tokens.expand(patches.shape[0], -1, -1)
         seq = torch.cat([patches, latents], dim=1)
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            for layer in self.transformer.layers:
-                seq = self._gradient_checkpointing_func(layer, seq)
-        else:
+        if not torch.is_grad_enabled():  # inference: torch's fused encoder-layer kernel
             seq = self.transformer(seq)
+        elif self.gradient_checkpointing:
+            for layer in self.transformer.layers:
+                seq = self._gradient_checkpointing_func(encoder_layer_forward, layer, seq)
+        else:
+            for layer in self.transformer.layers:
+                seq = encoder_layer_forward(layer, seq)
         tokens = self.proj_out(self.norm_out(seq[:, -cfg.num_latent_tokens :]))
         return rearrange(tokens, "(b t) k d -> b t k d", b=b, t=t)
 
