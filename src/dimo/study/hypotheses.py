@@ -68,11 +68,15 @@ def paired_values(h: Hypothesis, results: dict[str, dict], seeds) -> dict[int, t
         col = h.reference or h.metric
         if h.against is None and h.reference is None:
             both = ta.index
+            if len(both) == 0:
+                continue
             out[seed] = (ta.loc[both, h.metric].to_numpy(float), np.zeros(len(both)))
             continue
         if col not in tb:
             continue
         both = ta.index.intersection(tb.index)
+        if len(both) == 0:
+            continue
         out[seed] = (ta.loc[both, h.metric].to_numpy(float), tb.loc[both, col].to_numpy(float))
     return out
 

@@ -25,7 +25,8 @@ from dimo.training.batches import PairBatches
 
 def held_out_pairs(clips: pd.DataFrame, splits, max_pairs: int | None = None) -> pd.DataFrame:
     """Reconstruction pairs of every held-out clip with ground truth (synthetic renders) and cross-view pairs of
-    every such group with >= 2 views: pair_id, kind, driving_clip_id, target_clip_id, group_id."""
+    every such group with >= 2 views (at most `max_pairs` of each kind): pair_id, kind, driving_clip_id,
+    target_clip_id, group_id (and the driving clip's motion_name)."""
     held = clips[clips["split"].isin(list(splits)) & clips["gt_path"].fillna("").astype(bool)].sort_values("clip_id")
     rows = [("reconstruction", c, c, g) for c, g in zip(held["clip_id"], held["group_id"])]
     for group, members in held.groupby("group_id"):
@@ -36,7 +37,7 @@ def held_out_pairs(clips: pd.DataFrame, splits, max_pairs: int | None = None) ->
         pairs["motion_name"] = pairs["driving_clip_id"].map(dict(zip(held["clip_id"], held["motion_name"])))
     pairs.insert(0, "pair_id", [f"{k[0]}:{d}>{t}" for k, d, t in zip(pairs["kind"], pairs["driving_clip_id"],
                                                                        pairs["target_clip_id"])])
-    return pairs.head(max_pairs) if max_pairs else pairs
+    return pairs.groupby("kind", sort=False).head(max_pairs).reset_index(drop=True) if max_pairs else pairs
 
 
 def gt_joints(gt: dict, clip_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ are), holding its training curves (`<stage>.<loss>` by global step), its measure
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 
 from dimo.models import DimoModel
 from dimo.study.units import (
@@ -69,15 +71,16 @@ def _log_unit(unit: Unit, summaries: list[dict], metrics: dict, seconds: float) 
     mlflow.log_dict({"unit": unit.__dict__, "summaries": summaries, "metrics": metrics}, "unit.json")
 
 
-def run_units(study: dict, training: dict, data: dict,
-              measure: Callable[[Unit, DimoModel, list[dict]], dict]) -> dict[str, dict]:
+def run_units(study: dict, training: dict, data: dict, measure: Callable[[Unit, DimoModel, list[dict]], dict],
+              on_done: Callable[[], None] = lambda: None) -> dict[str, dict]:
     """Every unit of `study` (base first), resumable; -> {unit name: its metrics.json content}. `measure(unit,
-    model, summaries)` scores a trained unit (not called for the base, nor for a unit already measured)."""
+    model, summaries)` scores a trained unit (not called for the base, nor for a unit already measured);
+    `on_done()` runs after each unit."""
     results, parent = {}, mlflow.active_run() is not None
     for unit in units(study, training):
         folder = unit_dir(study, unit)
         t0 = time.perf_counter()
-        with mlflow.start_run(run_name=unit.name, nested=parent) if parent else _no_run():
+        with mlflow.start_run(run_name=unit.name, nested=True) if parent else contextlib.nullcontext():
             model, summaries = train_unit(unit, study, training, data)
             metrics = read_json(folder / METRICS_FILE)
             if metrics is None:
@@ -89,16 +92,9 @@ def run_units(study: dict, training: dict, data: dict,
             if parent:
                 _log_unit(unit, summaries, metrics, time.perf_counter() - t0)
         results[unit.name] = metrics
+        on_done()
         log.info("study: %s done (%.0f s this run)", unit.name, time.perf_counter() - t0)
     return results
-
-
-class _no_run:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def pairs_for(clips: pd.DataFrame, training: dict) -> pd.DataFrame:
@@ -129,9 +125,18 @@ def run_study(pairs: pd.DataFrame, cache: dict, codec, manifest: dict, deepspeed
               frames: dict, gt: dict, training: dict, study: dict) -> dict:
     """Train and measure every unit (resumable, see `run_units`); -> {"units": {unit: metrics}, "references":
     codec and probe accuracy on the held-out clips, "wall_seconds": this study's run time summed over its runs}."""
+    clock = _WallClock(Path(study["output_dir"]) / "wall.json")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(study.get("torch_threads") or threads))  # tiny ops: threads cost more than they give
+    try:
+        return _run_study(pairs, cache, codec, manifest, deepspeed_config, clips, frames, gt, training, study, clock)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_study(pairs, cache, codec, manifest, deepspeed_config, clips, frames, gt, training, study, clock) -> dict:
     from dimo.study import measure
 
-    t0 = time.perf_counter()
     out_dir = Path(study["output_dir"])
     params = study["measure"]
     held = measure.held_out_pairs(clips, params["splits"], params.get("max_pairs"))
@@ -161,8 +166,22 @@ def run_study(pairs: pd.DataFrame, cache: dict, codec, manifest: dict, deepspeed
         return {"pairs": table.to_dict("records"), "retrieval": retrieval.to_dict("records"), "curve": curve,
                 "summary": summary}
 
-    results = run_units(study, training, data, measure_unit)
-    wall = (read_json(out_dir / "wall.json") or {"seconds": 0.0, "runs": 0})
-    wall = {"seconds": wall["seconds"] + time.perf_counter() - t0, "runs": wall["runs"] + 1}
-    write_json(out_dir / "wall.json", wall)
+    results = run_units(study, training, data, measure_unit, on_done=lambda: clock.add())
+    wall = clock.add(run_done=True)
     return {"units": results, "references": references, "wall_seconds": wall["seconds"], "runs": wall["runs"]}
+
+
+class _WallClock:
+    """The study's run time summed over its runs, kept in `<output_dir>/wall.json` after each unit (a kill loses
+    only the time since the last unit)."""
+
+    def __init__(self, path: Path):
+        self.path, self.last = path, time.perf_counter()
+
+    def add(self, run_done: bool = False) -> dict:
+        wall = read_json(self.path) or {"seconds": 0.0, "runs": 0}
+        now = time.perf_counter()
+        wall = {"seconds": wall["seconds"] + now - self.last, "runs": wall["runs"] + int(run_done)}
+        self.last = now
+        write_json(self.path, wall)
+        return wall
