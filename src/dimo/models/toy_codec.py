@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from dimo.evaluation import metrics
 
+from .patch_codec import PatchPCAVAE
 from .vae import LatentCodec
 
 
@@ -68,7 +69,17 @@ def fit_toy_codec(videos: Sequence[torch.Tensor], cfg: Mapping, seed: int) -> La
     posterior samples, default; false: on its mode), toy_threads (CPU threads for the fit, restored after).
     Deterministic from `seed` (snippet draws, initial weights and posterior samples)."""
     with _threads(cfg.get("toy_threads")):
+        if cfg.get("toy_kind", "autoencoder") == "pca":
+            return _fit_pca(videos, cfg, seed)
         return _fit(videos, cfg, seed)
+
+
+def _fit_pca(videos: Sequence[torch.Tensor], cfg: Mapping, seed: int) -> LatentCodec:
+    """The linear patch codec (`patch_codec.PatchPCAVAE`): principal components of the train clips' blocks."""
+    vae = PatchPCAVAE().fit(list(videos), max_blocks=int(cfg.get("toy_max_blocks", 60000)), seed=seed)
+    mean, std = _latent_stats(vae, videos, cfg["stats_clips"])
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    return LatentCodec(vae)
 
 
 def _fit(videos: Sequence[torch.Tensor], cfg: Mapping, seed: int) -> LatentCodec:

@@ -8,11 +8,14 @@ Frozen: no gradients flow into the codec.
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
 import torch.nn as nn
 from diffusers import AutoencoderKLWan
+
+from .patch_codec import PatchPCAVAE
 
 TINY_VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                        temperal_downsample=[False, True, True])
@@ -30,6 +33,11 @@ class LatentCodec(nn.Module):
     def from_pretrained(cls, path: str, subfolder: str | None = "vae", torch_dtype=None) -> LatentCodec:
         if subfolder and not os.path.isdir(os.path.join(path, subfolder)):
             subfolder = None  # path already points at the vae folder
+        folder = os.path.join(path, subfolder or "")
+        with open(os.path.join(folder, "config.json")) as f:
+            kind = json.load(f).get("_class_name")
+        if kind == PatchPCAVAE.__name__:  # the toy scale's linear patch codec (models/patch_codec.py)
+            return cls(PatchPCAVAE.from_pretrained(folder, torch_dtype=torch_dtype))
         return cls(AutoencoderKLWan.from_pretrained(path, subfolder=subfolder, torch_dtype=torch_dtype))
 
     @classmethod
