@@ -33,10 +33,11 @@ class LatentCodec(nn.Module):
         return cls(AutoencoderKLWan.from_pretrained(path, subfolder=subfolder, torch_dtype=torch_dtype))
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> LatentCodec:
+    def tiny(cls, seed: int = 0, **overrides) -> LatentCodec:
+        """A random small VAE: `TINY_VAE_CONFIG` with `overrides` (AutoencoderKLWan config keys)."""
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return cls(AutoencoderKLWan(**TINY_VAE_CONFIG))
+            return cls(AutoencoderKLWan(**{**TINY_VAE_CONFIG, **overrides}))
 
     @property
     def latent_channels(self) -> int:
