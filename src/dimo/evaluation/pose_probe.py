@@ -11,6 +11,7 @@ held-out and codec-reconstructed renders is reported beside every pose-following
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -26,8 +27,14 @@ from dimo.evaluation.motion_control import person_height_px, pose_following
 # ears and toes are a pixel or two apart at 128 px, and the generator is not asked to get them right.
 BODY_13 = (0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
 
-FIT_DEFAULTS = {"input_size": 128, "width": 16, "epochs": 12, "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4,
-                "shift_px": 8, "blur_prob": 0.3, "sigma_cells": 1.0, "max_seconds": None}
+# left/right pairs among BODY_13's positions (shoulders, elbows, wrists, hips, knees, ankles): a mirror swaps them
+BODY_13_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12))
+
+FIT_DEFAULTS = {"input_size": 128, "width": 32, "epochs": 8, "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4,
+                "sigma_cells": 1.0, "max_seconds": None,
+                "augment": True, "shift_px": 24, "scale_max": 1.4, "rotate_deg": 15.0, "flip_prob": 0.5,
+                "flip_pairs": None, "colour_jitter": 0.2, "blur_prob": 0.4, "blur_max_px": 2.5,
+                "downsample_prob": 0.2, "noise_std": 0.05}
 
 
 def _heatmap_loss(logits: torch.Tensor, uv: torch.Tensor, vis: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -53,25 +60,38 @@ def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequen
                          nn.GroupNorm(min(8, cout), cout), nn.SiLU())
 
 
+class _Residual(nn.Module):
+    def __init__(self, channels: int, dilation: int = 1):
+        super().__init__()
+        self.conv1 = _block(channels, channels, dilation=dilation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.norm = nn.GroupNorm(min(8, channels), channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x + self.norm(self.conv2(self.conv1(x))))
+
+
 class PoseProbe(ModelMixin, ConfigMixin):
     """frames (N, 3, S, S) in [-1, 1] -> joints (N, J, 2) in [0, 1] image coordinates (x, y)."""
 
     @register_to_config
-    def __init__(self, num_joints: int = 13, input_size: int = 128, width: int = 16):
+    def __init__(self, num_joints: int = 13, input_size: int = 128, width: int = 32):
         super().__init__()
         c = width
-        # 1. features: S -> S/2 -> S/4 -> S/8 (dilated for a receptive field that spans the body), back to S/4
-        self.down = nn.Sequential(_block(3, c, 2), _block(c, 2 * c, 2), _block(2 * c, 2 * c),
-                                  _block(2 * c, 4 * c, 2), _block(4 * c, 4 * c, dilation=2))
+        # 1. features at S/4 from a 4x4 patch stem (full-resolution convs cost the most and add little on
+        #    people ~50 px tall), then S/8 with dilations for a receptive field that spans the body, back to S/4
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 4, 4), nn.GroupNorm(min(8, c), c), nn.SiLU(),
+                                  _block(c, c), _Residual(c))
+        self.down = nn.Sequential(_block(c, 2 * c, stride=2), _Residual(2 * c, 2), _Residual(2 * c, 4))
         self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                                _block(4 * c, 2 * c))
-        self.skip = nn.Conv2d(2 * c, 2 * c, 1)
-        self.head = nn.Conv2d(2 * c, num_joints, 1)
+                                _block(2 * c, c))
+        self.skip = nn.Conv2d(c, c, 1)
+        self.head = nn.Sequential(_block(c, c), nn.Conv2d(c, num_joints, 1))
 
     def heatmaps(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> logits (N, J, S/4, S/4)."""
-        f4 = self.down[:3](x)                       # (N, 2c, S/4, S/4)
-        f8 = self.down[3:](f4)                      # (N, 4c, S/8, S/8)
+        f4 = self.stem(x)                           # (N, c, S/4, S/4)
+        f8 = self.down(f4)                          # (N, 2c, S/8, S/8)
         return self.head(self.up(f8) + self.skip(f4))
 
     def forward(self, x: torch.Tensor, return_heatmaps: bool = False):
@@ -104,33 +124,88 @@ class PoseProbe(ModelMixin, ConfigMixin):
         return (uv * np.array([W, H], np.float32)).astype(np.float32)
 
 
-def _augment(x: torch.Tensor, uv: torch.Tensor, shift_px: int, blur_prob: float, g: torch.Generator):
-    """Random integer shift (edge-padded) and, for some frames, a blur like the toy codec's: the probe has to read
-    blurry generated frames, and is still trained on ground-truth renders only."""
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W), sigma in px, edges replicated."""
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).repeat(x.shape[1], 1, 1)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.unsqueeze(2), groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.unsqueeze(3), groups=x.shape[1])
+
+
+def _geometric(x, uv, vis, p: dict, g: torch.Generator):
+    """Random scale, rotation, shift and left/right flip (joints relabelled by `p["flip_pairs"]`) of each frame:
+    the people in generated videos stand anywhere, at any size, and a probe fitted on ~60 clips must not learn
+    their places by heart. Joints pushed out of the frame stop counting."""
     N, _, S, _ = x.shape
-    if shift_px:
-        pad = F.pad(x, (shift_px,) * 4, mode="replicate")
-        dx, dy = (torch.randint(0, 2 * shift_px + 1, (2,), generator=g)).tolist()
-        x = pad[:, :, dy: dy + S, dx: dx + S]
-        uv = uv + torch.tensor([shift_px - dx, shift_px - dy], dtype=uv.dtype) / S
-    if blur_prob > 0:
-        blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
-        pick = (torch.rand(N, generator=g) < blur_prob).view(N, 1, 1, 1)
-        x = torch.where(pick, blurred, x)
-    return x, uv
+    u = lambda: torch.rand(N, generator=g)  # noqa: E731
+    scale = torch.exp((2 * u() - 1) * math.log(p["scale_max"]))          # output size / input size
+    angle = (2 * u() - 1) * math.radians(p["rotate_deg"])
+    flip = torch.where(u() < p["flip_prob"], -1.0, 1.0)
+    shift = (2 * torch.rand(N, 2, generator=g) - 1) * (2 * p["shift_px"] / S)  # normalised [-1, 1] units
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # output -> input in normalised coordinates: p_in = A @ p_out + t (what affine_grid takes)
+    A = torch.stack([torch.stack([cos * flip, -sin], -1), torch.stack([sin * flip, cos], -1)], -2)
+    theta = torch.cat([A, shift[..., None]], -1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    p_in = uv * 2 - 1
+    p_out = torch.einsum("nij,nkj->nki", torch.linalg.inv(A), p_in - shift[:, None])
+    uv = (p_out + 1) / 2
+    if p["flip_pairs"]:
+        perm = torch.arange(uv.shape[1])
+        for a, b in p["flip_pairs"]:
+            perm[a], perm[b] = b, a
+        flipped = (flip < 0).view(N, 1, 1)
+        uv = torch.where(flipped, uv[:, perm], uv)
+        vis = torch.where(flipped[..., 0], vis[:, perm], vis)
+    inside = ((uv >= 0) & (uv < 1)).all(-1).float()
+    return x, uv, vis * inside
+
+
+def _photometric(x: torch.Tensor, p: dict, g: torch.Generator) -> torch.Tensor:
+    """Colour gain, blur, down-up sampling and noise: a blurry codec and a generator lose detail and shift
+    colours, and the probe has to read their frames while it is trained on ground-truth renders only."""
+    N, _, S, _ = x.shape
+    x = (x + 1) * (1 + p["colour_jitter"] * (2 * torch.rand(N, 3, 1, 1, generator=g) - 1)) - 1
+    if p["blur_prob"] > 0:
+        sigma = float(p["blur_max_px"]) * float(torch.rand((), generator=g)) + 0.3
+        pick = (torch.rand(N, generator=g) < p["blur_prob"]).view(N, 1, 1, 1)
+        x = torch.where(pick, _gaussian_blur(x, sigma), x)
+    if p["downsample_prob"] > 0:
+        small = F.interpolate(x, scale_factor=0.25 + 0.25 * float(torch.rand((), generator=g)), mode="area")
+        pick = (torch.rand(N, generator=g) < p["downsample_prob"]).view(N, 1, 1, 1)
+        x = torch.where(pick, F.interpolate(small, size=(S, S), mode="bilinear", align_corners=False), x)
+    if p["noise_std"] > 0:
+        x = x + p["noise_std"] * torch.rand(N, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
+    return x.clamp(-1, 1)
+
+
+def _augment(x, uv, vis, p: dict, g: torch.Generator):
+    if p["augment"]:
+        x, uv, vis = _geometric(x, uv, vis, p, g)
+        x = _photometric(x, p, g)
+    return x, uv, vis
 
 
 def fit_pose_probe(frames: np.ndarray, joints2d: np.ndarray, visible: np.ndarray, params: dict | None = None,
                    seed: int = 0) -> PoseProbe:
     """Fit a `PoseProbe` on ground-truth renders: frames uint8 (N, H, W, 3), joints2d (N, J, 2) px, visible (N, J).
-    `params` override `FIT_DEFAULTS` (input_size, width, epochs, batch_size, lr, weight_decay, shift_px, blur_prob,
-    sigma_cells, max_seconds: if set, training stops after the epoch that passes it, so the result then depends on
-    the machine's speed). Deterministic for a seed on one thread count. Wall time, epochs done and the last
-    batch's loss are in `probe.fit_seconds`, `fit_epochs`, `fit_loss`. On a busy 2-core machine one torch thread
-    fits ~10x faster than two (`torch.set_num_threads(1)`)."""
+    `params` override `FIT_DEFAULTS`: net (input_size, width), schedule (epochs, batch_size, lr, weight_decay,
+    max_seconds: if set, training stops after the epoch that passes it, so the result then depends on the
+    machine's speed), loss (sigma_cells) and augmentation (augment: False turns all of it off; shift_px,
+    scale_max, rotate_deg, flip_prob with flip_pairs, the joint pairs a mirror swaps (default: BODY_13's
+    left/right, only when J is 13); colour_jitter, blur_prob, blur_max_px, downsample_prob, noise_std).
+    To fit on codec round-trips too, pass them as more frames with the same joints. Deterministic for a seed
+    on one thread count. Wall and CPU time, epochs done and the last batch's loss are in `probe.fit_seconds`,
+    `fit_cpu_seconds`, `fit_epochs`, `fit_loss`. On a busy 2-core machine one torch thread fits ~10x faster than
+    two (`torch.set_num_threads(1)`)."""
     p = {**FIT_DEFAULTS, **(params or {})}
     frames, joints2d, visible = np.asarray(frames), np.asarray(joints2d, np.float32), np.asarray(visible, bool)
     N, H, W = frames.shape[:3]
+    if p["flip_pairs"] is None:
+        p["flip_pairs"] = BODY_13_FLIP_PAIRS if joints2d.shape[1] == len(BODY_13) else ()
+    torch.set_flush_denormal(True)  # CPU: denormal floats in small conv nets cost several times the time
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         probe = PoseProbe(num_joints=joints2d.shape[1], input_size=p["input_size"], width=p["width"])
@@ -139,16 +214,15 @@ def fit_pose_probe(frames: np.ndarray, joints2d: np.ndarray, visible: np.ndarray
     vis_all = torch.from_numpy(visible).float()
     opt = torch.optim.AdamW(probe.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     steps = p["epochs"] * max(1, -(-N // p["batch_size"]))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p["lr"], total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p["lr"], total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
-    start, loss = time.perf_counter(), torch.zeros(())
+    start, cpu_start, loss = time.perf_counter(), time.process_time(), torch.zeros(())
     probe.train()
     probe.fit_epochs = 0
     for _ in range(p["epochs"]):
         for idx in torch.randperm(N, generator=g).split(p["batch_size"]):
-            x, uv = _augment(x_all[idx], uv_all[idx], p["shift_px"], p["blur_prob"], g)
+            x, uv, vis = _augment(x_all[idx], uv_all[idx], vis_all[idx], p, g)
             pred, logits = probe(x, return_heatmaps=True)
-            vis = vis_all[idx]
             coord = ((pred - uv).abs().sum(-1) * vis).sum() / vis.sum().clamp(min=1)
             loss = _heatmap_loss(logits, uv, vis, p["sigma_cells"]) + 10.0 * coord
             opt.zero_grad(set_to_none=True)
@@ -160,6 +234,7 @@ def fit_pose_probe(frames: np.ndarray, joints2d: np.ndarray, visible: np.ndarray
             break
     probe.eval()
     probe.fit_seconds = time.perf_counter() - start
+    probe.fit_cpu_seconds = time.process_time() - cpu_start
     probe.fit_loss = float(loss.detach())
     return probe
 
