@@ -2,11 +2,16 @@
 
 mediapipe finds a person in most clean 128 px renders (88% of frames on 20 synthetic clips, none in the two run
 clips) but rarely in generated or codec-blurred videos, and a missing detection is no measurement. The probe
-always answers: conv features at 1/4 resolution -> one heatmap per joint -> soft-argmax (a differentiable
-expected position), trained with a cross-entropy to a Gaussian around each visible joint plus an L1 loss on
-the position. It is fitted on the train split's synthetic renders
-and their projected keypoints (`keypoints_2d` of the gt npz), never on generated videos, and its own accuracy on
-held-out and codec-reconstructed renders is reported beside every pose-following number (`probe_accuracy`).
+always answers, in two stages: `locate` reads the whole frame at 64 px, `refine` reads a 64 px crop around the
+located joints (people are ~50 px tall in 128 px frames; in the crop they have one size). Each stage is a small
+conv net with one heatmap per joint at 1/4 of its input and a soft-argmax (a differentiable expected position),
+trained with a cross-entropy to a Gaussian around each visible joint plus an L1 loss on the position, on frames
+scaled, rotated, shifted, mirrored (left/right joints swapped), blurred, down-sampled and noised: generated and
+codec-reconstructed frames are blurry and their people stand anywhere. `predict` also reads each frame mirrored.
+It is fitted on the train split's synthetic renders and their projected keypoints (`keypoints_2d` of the gt npz),
+optionally plus their codec round-trips, never on generated videos, and its own accuracy on held-out and
+codec-reconstructed renders is reported beside every pose-following number (`probe_accuracy`);
+benchmarks/bench_pose_probe.py measures it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ BODY_13 = (0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16)
 # left/right pairs among BODY_13's positions (shoulders, elbows, wrists, hips, knees, ankles): a mirror swaps them
 BODY_13_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12))
 
-FIT_DEFAULTS = {"input_size": 128, "width": 32, "epochs": 8, "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4,
+FIT_DEFAULTS = {"input_size": 64, "crop_size": 80, "crop_scale_jitter": 0.15, "crop_shift_jitter": 0.15,
+                "width": 32, "epochs": 12, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4,
                 "sigma_cells": 1.0, "max_seconds": None,
                 "augment": True, "shift_px": 24, "scale_max": 1.4, "rotate_deg": 15.0, "flip_prob": 0.5,
                 "flip_pairs": None, "colour_jitter": 0.2, "blur_prob": 0.4, "blur_max_px": 2.5,
@@ -71,11 +77,10 @@ class _Residual(nn.Module):
         return F.silu(x + self.norm(self.conv2(self.conv1(x))))
 
 
-class PoseProbe(ModelMixin, ConfigMixin):
-    """frames (N, 3, S, S) in [-1, 1] -> joints (N, J, 2) in [0, 1] image coordinates (x, y)."""
+class _HeatmapNet(nn.Module):
+    """(N, 3, S, S) in [-1, 1] -> joints (N, J, 2) in [0, 1] of the input (x, y), and heatmap logits."""
 
-    @register_to_config
-    def __init__(self, num_joints: int = 13, input_size: int = 128, width: int = 32):
+    def __init__(self, num_joints: int, width: int):
         super().__init__()
         c = width
         # 1. features at S/4 from a 4x4 patch stem (full-resolution convs cost the most and add little on
@@ -88,26 +93,77 @@ class PoseProbe(ModelMixin, ConfigMixin):
         self.skip = nn.Conv2d(c, c, 1)
         self.head = nn.Sequential(_block(c, c), nn.Conv2d(c, num_joints, 1))
 
-    def heatmaps(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> logits (N, J, S/4, S/4)."""
-        f4 = self.stem(x)                           # (N, c, S/4, S/4)
-        f8 = self.down(f4)                          # (N, 2c, S/8, S/8)
-        return self.head(self.up(f8) + self.skip(f4))
-
-    def forward(self, x: torch.Tensor, return_heatmaps: bool = False):
-        logits = self.heatmaps(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f4 = self.stem(x)                                         # (N, c, S/4, S/4)
+        logits = self.head(self.up(self.down(f4)) + self.skip(f4))  # (N, J, S/4, S/4)
         N, J, h, w = logits.shape
         prob = logits.flatten(2).softmax(-1).view(N, J, h, w)
-        # 2. soft-argmax: expected cell centre, in [0, 1] of the image
+        # 2. soft-argmax: expected cell centre, in [0, 1] of the input
         xs = (torch.arange(w, device=x.device, dtype=prob.dtype) + 0.5) / w
         ys = (torch.arange(h, device=x.device, dtype=prob.dtype) + 0.5) / h
-        uv = torch.stack([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], -1)
-        return (uv, logits) if return_heatmaps else uv
+        return torch.stack([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], -1), logits
+
+
+def person_box(uv: torch.Tensor, vis: torch.Tensor, height: int, width: int, margin: float = 0.3,
+               min_side_px: float = 24.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joints (N, J, 2) in [0, 1], visible (N, J) -> a square box around them: centre (N, 2) in [0, 1] and
+    half-side (N, 2) in [0, 1] units of each axis (square in pixels), `margin` of the joints' extent added on
+    each side."""
+    big = torch.where(vis[..., None] > 0, uv, torch.full_like(uv, float("inf")))
+    small = torch.where(vis[..., None] > 0, uv, torch.full_like(uv, -float("inf")))
+    lo, hi = big.amin(1), small.amax(1)
+    lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 1.0)
+    scale = torch.tensor([width, height], dtype=uv.dtype)
+    side_px = ((hi - lo) * scale).amax(-1).clamp(min=min_side_px) * (1 + 2 * margin)
+    return (lo + hi) / 2, side_px[:, None] / (2 * scale)
+
+
+def _crop(x: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, size, size): the boxes, resampled (edges replicated)."""
+    theta = torch.zeros(len(x), 2, 3, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 1, 1] = 2 * half[:, 0], 2 * half[:, 1]
+    theta[:, :, 2] = 2 * centre - 1
+    grid = F.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class PoseProbe(ModelMixin, ConfigMixin):
+    """frames (N, 3, H, W) in [-1, 1] -> joints (N, J, 2) in [0, 1] image coordinates (x, y), in two stages:
+    `locate` reads the whole frame at input_size, then `refine` reads a crop_size crop around the located joints
+    (the person at a fixed size, so a small net resolves small people). crop_size 0: one stage."""
+
+    @register_to_config
+    def __init__(self, num_joints: int = 13, input_size: int = 64, width: int = 32, flip_pairs: tuple = (),
+                 crop_size: int = 80):
+        super().__init__()
+        # joints a mirror swaps: `predict` also reads each frame mirrored and averages (test-time flip)
+        perm = list(range(num_joints))
+        for a, b in flip_pairs:
+            perm[a], perm[b] = b, a
+        self.register_buffer("flip_perm", torch.tensor(perm), persistent=False)
+        self.locate = _HeatmapNet(num_joints, width)
+        self.refine = _HeatmapNet(num_joints, width) if crop_size else None
+
+    def _located(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.config.input_size
+        return self.locate(F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        uv = self._located(x)[0]
+        if self.refine is None:
+            return uv
+        centre, half = person_box(uv, torch.ones(uv.shape[:2]), *x.shape[2:])
+        return centre[:, None] + (2 * self.refine(_crop(x, centre, half, self.config.crop_size))[0] - 1) * half[:, None]
 
     def _inputs(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        s = self.config.input_size
-        return F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def _read(self, x: torch.Tensor) -> torch.Tensor:
+        uv = self(x)
+        if not self.config.flip_pairs:
+            return uv
+        mirrored = self(x.flip(-1))[:, self.flip_perm]
+        return (uv + torch.stack([1 - mirrored[..., 0], mirrored[..., 1]], -1)) / 2
 
     @torch.no_grad()
     def predict(self, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -117,7 +173,7 @@ class PoseProbe(ModelMixin, ConfigMixin):
         was_training = self.training
         self.eval()
         try:
-            out = [self(self._inputs(frames[i: i + batch_size])) for i in range(0, len(frames), batch_size)]
+            out = [self._read(self._inputs(frames[i: i + batch_size])) for i in range(0, len(frames), batch_size)]
         finally:
             self.train(was_training)
         uv = torch.cat(out).numpy() if out else np.zeros((0, self.config.num_joints, 2), np.float32)
@@ -181,6 +237,23 @@ def _photometric(x: torch.Tensor, p: dict, g: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+def _joint_loss(pred, logits, uv, vis, sigma: float) -> torch.Tensor:
+    coord = ((pred - uv).abs().sum(-1) * vis).sum() / vis.sum().clamp(min=1)
+    return _heatmap_loss(logits, uv, vis, sigma) + 10.0 * coord
+
+
+def _jittered_crop(x, uv, vis, size: int, p: dict, g: torch.Generator):
+    """The refine stage's training input: a crop around the true joints, its centre and size jittered by about
+    what the locate stage gets wrong; joints in the crop's [0, 1] units, those outside stop counting."""
+    centre, half = person_box(uv, vis, *x.shape[2:])
+    N = len(x)
+    half = half * torch.exp((2 * torch.rand(N, 1, generator=g) - 1) * p["crop_scale_jitter"])
+    centre = centre + (2 * torch.rand(N, 2, generator=g) - 1) * p["crop_shift_jitter"] * half
+    uv_crop = (uv - centre[:, None]) / (2 * half[:, None]) + 0.5
+    inside = ((uv_crop >= 0) & (uv_crop < 1)).all(-1).float()
+    return _crop(x, centre, half, size), uv_crop, vis * inside
+
+
 def _augment(x, uv, vis, p: dict, g: torch.Generator):
     if p["augment"]:
         x, uv, vis = _geometric(x, uv, vis, p, g)
@@ -191,7 +264,8 @@ def _augment(x, uv, vis, p: dict, g: torch.Generator):
 def fit_pose_probe(frames: np.ndarray, joints2d: np.ndarray, visible: np.ndarray, params: dict | None = None,
                    seed: int = 0) -> PoseProbe:
     """Fit a `PoseProbe` on ground-truth renders: frames uint8 (N, H, W, 3), joints2d (N, J, 2) px, visible (N, J).
-    `params` override `FIT_DEFAULTS`: net (input_size, width), schedule (epochs, batch_size, lr, weight_decay,
+    `params` override `FIT_DEFAULTS`: net (input_size of the locate stage, crop_size of the refine stage, 0 for
+    one stage, width), refine crops (crop_scale_jitter, crop_shift_jitter), schedule (epochs, batch_size, lr, weight_decay,
     max_seconds: if set, training stops after the epoch that passes it, so the result then depends on the
     machine's speed), loss (sigma_cells) and augmentation (augment: False turns all of it off; shift_px,
     scale_max, rotate_deg, flip_prob with flip_pairs, the joint pairs a mirror swaps (default: BODY_13's
@@ -206,9 +280,12 @@ def fit_pose_probe(frames: np.ndarray, joints2d: np.ndarray, visible: np.ndarray
     if p["flip_pairs"] is None:
         p["flip_pairs"] = BODY_13_FLIP_PAIRS if joints2d.shape[1] == len(BODY_13) else ()
     torch.set_flush_denormal(True)  # CPU: denormal floats in small conv nets cost several times the time
+    mirrored = p["augment"] and p["flip_prob"] > 0
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        probe = PoseProbe(num_joints=joints2d.shape[1], input_size=p["input_size"], width=p["width"])
+        probe = PoseProbe(num_joints=joints2d.shape[1], input_size=p["input_size"], width=p["width"],
+                          flip_pairs=tuple(map(tuple, p["flip_pairs"])) if mirrored else (),
+                          crop_size=p["crop_size"])
     x_all = probe._inputs(frames)
     uv_all = torch.from_numpy(joints2d / np.array([W, H], np.float32))
     vis_all = torch.from_numpy(visible).float()
@@ -222,9 +299,10 @@ def fit_pose_probe(frames: np.ndarray, joints2d: np.ndarray, visible: np.ndarray
     for _ in range(p["epochs"]):
         for idx in torch.randperm(N, generator=g).split(p["batch_size"]):
             x, uv, vis = _augment(x_all[idx], uv_all[idx], vis_all[idx], p, g)
-            pred, logits = probe(x, return_heatmaps=True)
-            coord = ((pred - uv).abs().sum(-1) * vis).sum() / vis.sum().clamp(min=1)
-            loss = _heatmap_loss(logits, uv, vis, p["sigma_cells"]) + 10.0 * coord
+            loss = _joint_loss(*probe._located(x), uv, vis, p["sigma_cells"])
+            if probe.refine is not None:
+                crop, uv_crop, vis_crop = _jittered_crop(x, uv, vis, probe.config.crop_size, p, g)
+                loss = loss + _joint_loss(*probe.refine(crop), uv_crop, vis_crop, p["sigma_cells"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
