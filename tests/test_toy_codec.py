@@ -53,11 +53,17 @@ def test_fit_lowers_held_out_reconstruction_error():
     assert torch.allclose(z.std((0, 2)), torch.ones(16), atol=1e-2)
 
 
-def test_fit_is_deterministic_and_takes_vae_overrides():
+def test_fit_is_deterministic_and_takes_vae_overrides(tmp_path):
     train = [_tensor(_clip(s)) for s in range(3)]
-    cfg = {**CFG, "toy_steps": 3, "toy_vae": {"base_dim": 4}}
+    patch2 = {"base_dim": 4, "patch_size": 2, "in_channels": 12, "out_channels": 12, "dim_mult": [1, 2, 4],
+              "temperal_downsample": [True, True]}  # conf/base's layout, narrower
+    cfg = {**CFG, "toy_steps": 3, "toy_vae": patch2}
     a, b = (toy_codec.fit_toy_codec(train, cfg, seed=1) for _ in range(2))
-    assert a.vae.config.base_dim == 4
+    assert a.vae.config.base_dim == 4 and a.latent_shape(9, 32, 32) == (16, 3, 4, 4)
+    assert a.encode(train[0]).shape == (1, 16, 3, 4, 4)  # still 8x spatial, 4x temporal
+    a.vae.save_pretrained(tmp_path / "vae")  # as LatentCodecDataset saves it
+    reloaded = LatentCodec.from_pretrained(str(tmp_path))
+    assert torch.equal(reloaded.decode(a.encode(train[0])), a.decode(a.encode(train[0])))
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
     c = toy_codec.fit_toy_codec(train, cfg, seed=2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -33,6 +34,19 @@ def _snippets(videos: Sequence[torch.Tensor], cfg: Mapping, rng: np.random.Gener
     return torch.cat(batch)
 
 
+@contextmanager
+def _threads(n: int | None):
+    """torch's CPU threads set for a block and restored after (later nodes of the run keep theirs). On the shared
+    2-core machine 2 threads measured 50x slower per step than 1: each of the many small ops waits for both."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 0: a high peak rate converges fast in a short fit."""
     if step < warmup:
@@ -50,21 +64,28 @@ def fit_toy_codec(videos: Sequence[torch.Tensor], cfg: Mapping, seed: int) -> La
     """Fit a small AutoencoderKLWan to `videos` (each (1, 3, T, H, W) in [-1, 1]) and freeze it.
 
     cfg: toy_steps, toy_lr, toy_batch, toy_clip_frames, toy_crop, toy_kl, stats_clips, and optionally toy_vae
-    (AutoencoderKLWan config overrides of `vae.TINY_VAE_CONFIG`), toy_warmup (steps), toy_threads (CPU threads).
+    (AutoencoderKLWan config overrides of `vae.TINY_VAE_CONFIG`), toy_warmup (steps), toy_sample (train on
+    posterior samples, default; false: on its mode), toy_threads (CPU threads for the fit, restored after).
     Deterministic from `seed` (snippet draws, initial weights and posterior samples)."""
-    if cfg.get("toy_threads"):
-        torch.set_num_threads(int(cfg["toy_threads"]))
+    with _threads(cfg.get("toy_threads")):
+        return _fit(videos, cfg, seed)
+
+
+def _fit(videos: Sequence[torch.Tensor], cfg: Mapping, seed: int) -> LatentCodec:
     torch.set_flush_denormal(True)  # CPU: denormal floats in small conv nets cost several times the time
     vae = LatentCodec.tiny(seed=seed, **dict(cfg.get("toy_vae") or {})).vae.requires_grad_(True).train()
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     steps, warmup = int(cfg["toy_steps"]), int(cfg.get("toy_warmup", 0))
+    # Posterior samples early in a short fit are mostly noise (log-variance starts near 0): the mode learns faster.
+    sample = bool(cfg.get("toy_sample", True))
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg["toy_lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
     for _ in tqdm(range(steps), desc="fit toy codec"):
         x = _snippets(videos, cfg, rng)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
+        z = posterior.sample(generator=gen) if sample else posterior.mode()
+        recon = vae.decode(z).sample
         kl = posterior.kl().mean() / x[0].numel()
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg["toy_kl"] * kl
         opt.zero_grad(set_to_none=True)
@@ -83,12 +104,12 @@ def _uint8_frames(video: torch.Tensor) -> torch.Tensor:
     return ((video[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def codec_quality(codec: LatentCodec, videos: Sequence[torch.Tensor]) -> dict[str, float]:
+def codec_quality(codec: LatentCodec, videos: Sequence[torch.Tensor], threads: int | None = None) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM of encode -> decode over every frame of `videos` (each (1, 3, T, H, W) in
     [-1, 1], full frames), both on uint8 frames as the benchmark scores them."""
     device = next(codec.parameters()).device
     targets, recons = [], []
-    with torch.no_grad():
+    with torch.no_grad(), _threads(threads):
         for v in videos:
             targets.append(_uint8_frames(v))
             recons.append(_uint8_frames(codec.decode(codec.encode(v.to(device))).cpu()))

@@ -52,7 +52,7 @@ def prepare_codec(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_cl
 
     codec, timing = toy_codec.timed_fit(videos("train"), cfg, params["seed"])
     test = videos("test") or videos("val")  # held-out clips; a table without a test split is scored on val
-    quality = toy_codec.codec_quality(codec, test) if test else {}
+    quality = toy_codec.codec_quality(codec, test, cfg.get("toy_threads")) if test else {}
     log.info("toy codec: %d steps in %.0f s (%.0f CPU s); held-out %s", cfg["toy_steps"], timing["fit_wall_s"],
              timing["fit_cpu_s"], quality)
     named = {**{f"codec_test_{k}": v for k, v in quality.items()}, **{f"codec_{k}": v for k, v in timing.items()}}
