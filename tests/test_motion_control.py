@@ -240,7 +240,7 @@ def test_pose_probe_reads_the_renders_it_was_fitted_on(tmp_path, one_thread):
     frames, joints = _discs(384)
     visible = pp.in_frame(joints, 48, 48)
     probe = pp.fit_pose_probe(frames, joints, visible, {"input_size": 48, "epochs": 30, "batch_size": 32,
-                                                        "shift_px": 0, "blur_prob": 0.0}, seed=0)
+                                                        "augment": False}, seed=0)
     assert probe.fit_seconds < 60
     acc = pp.probe_accuracy(probe, frames, joints, visible, heights=np.full(len(frames), 48.0))
     assert acc["frames"] == 384
@@ -248,3 +248,28 @@ def test_pose_probe_reads_the_renders_it_was_fitted_on(tmp_path, one_thread):
     probe.save_pretrained(tmp_path / "probe")
     again = pp.PoseProbe.from_pretrained(tmp_path / "probe")
     assert np.allclose(again.predict(frames[:8]), probe.predict(frames[:8]), atol=1e-5)
+
+
+def test_pose_probe_augmentation_moves_the_joints_with_the_pixels():
+    """A dot drawn at each joint (one channel per joint) lands where the augmented joint says, after a random
+    scale, rotation, shift and flip; a flip hands each joint its mirror partner's label."""
+    size, n = 64, 16
+    uv = torch.rand(n, 2, 2, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    x = -torch.ones(n, 3, size, size)
+    for i in range(n):
+        for j in range(2):
+            cx, cy = (uv[i, j] * size).long()
+            x[i, j, cy - 1: cy + 2, cx - 1: cx + 2] = 1.0
+    params = {**pp.FIT_DEFAULTS, "flip_pairs": ((0, 1),), "flip_prob": 0.5, "shift_px": 8}
+    y, uv_out, vis = pp._geometric(x, uv, torch.ones(n, 2), params, torch.Generator().manual_seed(1))
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    swapped = 0
+    for i in range(n):
+        mass = (y[i, :2] + 1).clamp(min=0)
+        centres = torch.stack([(mass * xx).sum((1, 2)), (mass * yy).sum((1, 2))], -1) / mass.sum((1, 2))[:, None]
+        dist = (centres[None] - uv_out[i, :, None] * size).norm(dim=-1)   # (joint, channel)
+        seen = vis[i] > 0
+        straight, crossed = dist.diagonal(), dist.flip(1).diagonal()
+        assert bool(((straight < 1.5) | (crossed < 1.5))[seen].all()), (i, dist)
+        swapped += int(bool((crossed < 1.5)[seen].all() and seen.any() and not (straight < 1.5)[seen].all()))
+    assert 0 < swapped < n  # some frames were mirrored, not all
