@@ -139,6 +139,9 @@ def test_mismatched_pairs_swap_to_another_motion():
     assert by_motion.driving_clip_id.iloc[:5].eq("c5").all() and by_motion.driving_clip_id.iloc[5] != "c5"
     with pytest.raises(ValueError, match="two different motions"):
         mc.mismatched_pairs(pairs.assign(group_id="g"), seed=0)
+    # held-out pairs of one motion: the mismatched drivers come from the pool of other clips
+    pooled = mc.mismatched_pairs(pairs.assign(group_id="g"), seed=0, pool={"p0": "jump", "p1": "g", "p2": "jump"})
+    assert set(pooled.driving_clip_id) <= {"p0", "p2"}
 
 
 # ---------------------------------------------------------------------------------------------- motion dependence

@@ -60,17 +60,22 @@ def _motion_of(pairs: pd.DataFrame, clip_motion: dict | None) -> pd.Series:
     return pairs["group_id"]
 
 
-def mismatched_pairs(pairs: pd.DataFrame, seed: int, clip_motion: dict | None = None) -> pd.DataFrame:
-    """Each pair with its driving clip swapped for the driving clip of a pair of a DIFFERENT motion (drawn with
-    rng(seed)); the target (and so reference and prompt) stays. Adds `true_driving_clip_id`. `clip_motion`
-    maps clip id -> motion name (e.g. the synthetic clip table's `motion_name`)."""
+def mismatched_pairs(pairs: pd.DataFrame, seed: int, clip_motion: dict | None = None,
+                     pool: dict | None = None) -> pd.DataFrame:
+    """Each pair with its driving clip swapped for a driving clip of a DIFFERENT motion (drawn with rng(seed));
+    the target (and so reference and prompt) stays. Adds `true_driving_clip_id`. `clip_motion` maps clip id ->
+    motion name (e.g. the synthetic clip table's `motion_name`). The candidates are the pairs' own driving clips,
+    plus `pool` (clip id -> motion) when given: a small held-out set may hold one motion only, and the swapped
+    driver only has to move differently, not be held out."""
     pairs = pairs.reset_index(drop=True)
     motion = _motion_of(pairs, clip_motion).to_numpy()
-    if len(set(motion)) < 2:
+    drivers = pairs["driving_clip_id"].to_numpy()
+    candidates = dict(zip(drivers, motion, strict=True)) | dict(pool or {})
+    names, moves = np.array(sorted(candidates)), np.array([candidates[c] for c in sorted(candidates)])
+    if len(set(moves)) < 2:
         raise ValueError("mismatched pairs need driving clips of at least two different motions")
     rng = np.random.default_rng(seed)
-    drivers = pairs["driving_clip_id"].to_numpy()
-    swapped = [drivers[rng.choice(np.flatnonzero(motion != m))] for m in motion]
+    swapped = [names[rng.choice(np.flatnonzero(moves != m))] for m in motion]
     out = pairs.copy()
     out["true_driving_clip_id"] = drivers
     out["driving_clip_id"] = swapped

@@ -84,9 +84,11 @@ def codec_and_probe_reference(pairs: pd.DataFrame, frames: dict, gt: dict, codec
     return {k: float(np.nanmean(v)) for k, v in out.items()} | {"clips": len(set(pairs["target_clip_id"]))}
 
 
-def motion_gaps(model, pairs: pd.DataFrame, batches: PairBatches, params: dict, seed: int) -> np.ndarray:
-    """Per pair: the relative flow-loss gap with a driving clip of another motion (same noise, t, target)."""
-    swapped = mc.mismatched_pairs(pairs, params["mismatch_seed"])
+def motion_gaps(model, pairs: pd.DataFrame, batches: PairBatches, params: dict, seed: int,
+                pool: dict | None = None) -> np.ndarray:
+    """Per pair: the relative flow-loss gap with a driving clip of another motion (same noise, t, target);
+    `pool`: more candidate driving clips (clip id -> motion), see `mismatched_pairs`."""
+    swapped = mc.mismatched_pairs(pairs, params["mismatch_seed"], pool=pool)
     true = [batches.example(r.driving_clip_id, r.target_clip_id) for r in pairs.itertuples()]
     other = [batches.example(r.driving_clip_id, r.target_clip_id) for r in swapped.itertuples()]
     return mc.motion_dependence_gaps(model, true, other, seed, params["gap_draws"])
