@@ -265,7 +265,8 @@ def fit_pose_probe(frames: np.ndarray, joints2d: np.ndarray, visible: np.ndarray
                    seed: int = 0) -> PoseProbe:
     """Fit a `PoseProbe` on ground-truth renders: frames uint8 (N, H, W, 3), joints2d (N, J, 2) px, visible (N, J).
     `params` override `FIT_DEFAULTS`: net (input_size of the locate stage, crop_size of the refine stage, 0 for
-    one stage, width), refine crops (crop_scale_jitter, crop_shift_jitter), schedule (epochs, batch_size, lr, weight_decay,
+    one stage, width), refine crops (crop_scale_jitter, crop_shift_jitter), schedule (epochs, batch_size, lr,
+    weight_decay,
     max_seconds: if set, training stops after the epoch that passes it, so the result then depends on the
     machine's speed), loss (sigma_cells) and augmentation (augment: False turns all of it off; shift_px,
     scale_max, rotate_deg, flip_prob with flip_pairs, the joint pairs a mirror swaps (default: BODY_13's
