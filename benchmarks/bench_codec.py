@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
+
+import results_io  # benchmarks/results_io.py (scripts run as `python benchmarks/<name>.py`)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,14 +63,9 @@ def main(argv=None) -> dict:
         "train_clips": int((clips["split"] == "train").sum()),
         "codec": params["codec"],
         "seed": params["seed"],
-        "machine": {"cpus": os.cpu_count(), "torch_threads": __import__("torch").get_num_threads(),
-                    "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
-                    "python": platform.python_version()},
+        "machine": results_io.machine(load_avg_before=load_before),
     }
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return results_io.write(result, args.out)
 
 
 if __name__ == "__main__":

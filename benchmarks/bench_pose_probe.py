@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import results_io  # benchmarks/results_io.py (scripts run as `python benchmarks/<name>.py`)
 import torch
 
 from dimo.evaluation import pose_probe as pp
@@ -89,14 +89,9 @@ def main(argv=None) -> dict:
         "codec": str(args.codec.relative_to(ROOT) if args.codec.is_relative_to(ROOT) else args.codec)
         if codec is not None else None, "codec_roundtrip_s": round(codec_s, 1),
         "params": {k: v for k, v in params.items()}, "seed": args.seed,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
-                    "python": platform.python_version()},
+        "machine": results_io.machine(load_avg_before=load_before),
     }
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return results_io.write(result, args.out)
 
 
 if __name__ == "__main__":
