@@ -110,5 +110,9 @@ def test_the_pca_codec_keeps_held_out_clips_and_round_trips_through_its_folder(t
     reloaded = LatentCodec.from_pretrained(str(tmp_path))
     assert type(reloaded.vae).__name__ == "PatchPCAVAE"
     assert torch.equal(reloaded.decode(latents), codec.decode(latents))
+    one_scale = toy_codec.fit_toy_codec(train, {"toy_kind": "pca", "stats_clips": 4, "toy_max_blocks": 5000,
+                                                "toy_latent_scale": "global"}, seed=0)
+    assert len(set(one_scale.vae.config.latents_std)) == 1 < len(set(codec.vae.config.latents_std))
+    assert torch.allclose(one_scale.decode(one_scale.encode(held_out[0])), codec.decode(latents), atol=1e-4)
     untrained = LatentCodec(type(codec.vae)())  # zero basis: the fit is what keeps the clip
     assert toy_codec.codec_quality(untrained, held_out)["psnr_db"] < 20

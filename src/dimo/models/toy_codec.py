@@ -78,6 +78,10 @@ def _fit_pca(videos: Sequence[torch.Tensor], cfg: Mapping, seed: int) -> LatentC
     """The linear patch codec (`patch_codec.PatchPCAVAE`): principal components of the train clips' blocks."""
     vae = PatchPCAVAE().fit(list(videos), max_blocks=int(cfg.get("toy_max_blocks", 60000)), seed=seed)
     mean, std = _latent_stats(vae, videos, cfg["stats_clips"])
+    if cfg.get("toy_latent_scale", "channel") == "global":
+        # one scale for all components: the basis is orthonormal, so the latent MSE is then the pixel MSE (up to a
+        # constant) instead of weighing each low-variance high-frequency component like the picture's mean
+        std = [float(np.sqrt(np.mean(np.square(std))))] * len(std)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     return LatentCodec(vae)
 
