@@ -140,6 +140,9 @@ def _run_study(pairs, cache, codec, manifest, deepspeed_config, clips, frames, g
     out_dir = Path(study["output_dir"])
     params = study["measure"]
     held = measure.held_out_pairs(clips, params["splits"], params.get("max_pairs"))
+    if held.empty:
+        raise ValueError(f"study.measure.splits {list(params['splits'])}: no synthetic clip (with ground truth) in "
+                         "these splits of the clip table, so nothing can be measured")
     probe = _probe(study, clips, frames, gt)
     references = read_json(out_dir / "references.json")
     if references is None:
