@@ -12,7 +12,6 @@ Needs the default chain's preprocess inputs (labelled_clip_table and the clip fo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -20,13 +19,6 @@ from pathlib import Path
 import results_io  # benchmarks/results_io.py (scripts run as `python benchmarks/<name>.py`)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def main(argv=None) -> dict:
@@ -46,7 +38,7 @@ def main(argv=None) -> dict:
     with KedroSession.create(project_path=ROOT, env=None if args.env == "base" else args.env) as session:
         context = session.load_context()
         params = dict(context.params["preprocess"])
-        params["codec"] = {**params["codec"], **{k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}}
+        params["codec"] = {**params["codec"], **results_io.overrides(args.set)}
         catalog = context.catalog
         inputs = [catalog.load(name) for name in ("labelled_clip_table", "synthetic_clips", "ingested_clips")]
     if params["codec"].get("pretrained_path"):

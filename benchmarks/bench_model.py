@@ -13,13 +13,13 @@ Writes benchmarks/results/bench_model.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import statistics
 import time
 
+import results_io  # benchmarks/results_io.py (scripts run as `python benchmarks/<name>.py`)
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
@@ -259,10 +259,7 @@ def main():
                           "clock": args.clock, "load_average": os.getloadavg()},
               "flops": "torch.utils.flop_counter + CPU flash attention (torch's SDPA formulas), same for both",
               "train_step": steps, "real_scale_params": real}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    results_io.write(result, args.out)
 
 
 if __name__ == "__main__":

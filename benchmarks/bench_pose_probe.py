@@ -14,7 +14,6 @@ default chain's data/06_models/codec); without one the codec rows are skipped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -29,13 +28,6 @@ from dimo.models.vae import LatentCodec
 from dimo.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def load_split(table: pd.DataFrame, split: str, root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -66,7 +58,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pose_probe.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    params = {**pp.FIT_DEFAULTS, **{k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}}
+    params = {**pp.FIT_DEFAULTS, **results_io.overrides(args.set)}
 
     table = pd.read_parquet(args.clip_table)
     train_f, train_j = load_split(table, "train", ROOT)

@@ -13,7 +13,6 @@ Writes benchmarks/results/bench_study.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(__file__))
+import results_io  # benchmarks/results_io.py (scripts run as `python benchmarks/<name>.py`)
 from bench_model import matmul_flops_per_s  # noqa: E402  (the same peak probe as bench_model)
 
 from dimo.models import DimoModel, configs  # noqa: E402
@@ -99,10 +99,7 @@ def main():
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "load_avg_1min": os.getloadavg()[0]},
               "clip": files[0].stem, "train_step": steps}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    results_io.write(result, args.out)
 
 
 if __name__ == "__main__":

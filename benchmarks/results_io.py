@@ -23,3 +23,15 @@ def write(result: dict, out: str | Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def overrides(pairs: list[str]) -> dict:
+    """`--set KEY=VALUE` options -> {key: value}, each value parsed as JSON when it is JSON, else kept as text."""
+    out = {}
+    for pair in pairs:
+        key, text = pair.split("=", 1)
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
