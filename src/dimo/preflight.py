@@ -134,14 +134,23 @@ def pipeline_problems(pipe, catalog, params: dict, registered: dict, made_in_run
             if maker in made_in_run or uri in registered_in_run:
                 continue
             if found := model_problem(uri, params):
-                out.append(Problem(found[0], maker, found[1], missing=not found[1].startswith("config.json")))
+                out.append(_folder_problem(*found, maker))
         registered_in_run |= _aliases_registered(node, params)
     if "params:preprocess" in pipe.inputs():
-        name, generator, text_width = configured_model(params)
-        out += [Problem(f"weight folder {folder}", None, why, missing=not why.startswith("config.json"))
-                for folder, why in weight_folders.preprocess_problems(params.get("preprocess", {}), generator,
-                                                                       text_width, name)]
+        out += _preprocess_problems(params)
     return out
+
+
+def _folder_problem(what: str, why: str, made_by: str | None = None) -> Problem:
+    """A weight-folder finding: missing (no folder, no file) or wrong (its config.json disagrees)."""
+    return Problem(what, made_by, why, missing=not why.startswith("config.json"))
+
+
+def _preprocess_problems(params: dict) -> list[Problem]:
+    """The weight folders preprocess reads (codec, text and image encoders), against the configured model."""
+    name, generator, text_width = configured_model(params)
+    return [_folder_problem(f"weight folder {folder}", why) for folder, why in
+            weight_folders.preprocess_problems(params.get("preprocess", {}), generator, text_width, name)]
 
 
 def weight_folder_problems(params: dict, pipeline_names: list[str]) -> list[Problem]:
@@ -159,12 +168,9 @@ def weight_folder_problems(params: dict, pipeline_names: list[str]) -> list[Prob
     out = []
     for uri in dict.fromkeys(u for u in uris if isinstance(u, str) and u.startswith("wan:")):
         if found := model_problem(uri, params):
-            out.append(Problem(found[0], None, found[1], missing=not found[1].startswith("config.json")))
+            out.append(_folder_problem(*found))
     if every or "preprocess" in pipeline_names:
-        name, generator, text_width = configured_model(params)
-        out += [Problem(f"weight folder {folder}", None, why, missing=not why.startswith("config.json"))
-                for folder, why in weight_folders.preprocess_problems(params.get("preprocess", {}), generator,
-                                                                       text_width, name)]
+        out += _preprocess_problems(params)
     return out
 
 
