@@ -33,7 +33,8 @@ RUN uv python install "${PYTHON_VERSION}" \
 # Everything else is scripts/setup.sh, as on a workstation: apt packages (as root here), the pinned project
 # (`pip install -e .[dev]`), npm's mediapipe pose models, the LPIPS weights, `git init` for DVC and MLflow.
 COPY . .
-RUN PYTHON="$(uv python find "${PYTHON_VERSION}")" bash scripts/setup.sh \
+RUN mkdir -p data/01_raw/videos \
+    && PYTHON="$(uv python find "${PYTHON_VERSION}")" bash scripts/setup.sh \
     && rm -rf /root/.npm /root/.cache .cache/lpips_src
 
 # The run user owns what a run writes (data, caches, the MLflow store, conf/local); the venv stays root's, read-only.

@@ -5,5 +5,5 @@ set -euo pipefail
 : "${SKYPILOT_NODE_IPS:?SKYPILOT_NODE_IPS is not set (SkyPilot sets it on every node)}"
 : "${SKYPILOT_NUM_GPUS_PER_NODE:?SKYPILOT_NUM_GPUS_PER_NODE is not set}"
 while read -r ip; do
-  [ -n "$ip" ] && echo "$ip slots=$SKYPILOT_NUM_GPUS_PER_NODE"
+  if [ -n "$ip" ]; then echo "$ip slots=$SKYPILOT_NUM_GPUS_PER_NODE"; fi
 done <<< "$SKYPILOT_NODE_IPS"
