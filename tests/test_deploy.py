@@ -63,7 +63,8 @@ def test_dockerfile_pins_torch_as_pyproject_and_runs_kedro_as_a_non_root_user():
     text = (PROJECT_ROOT / "Dockerfile").read_text()
     deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch_pin = next(d for d in deps if d.startswith("torch=="))
-    assert torch_pin in text
+    installed = re.findall(r'pip install --index-url "\$\{TORCH_INDEX\}" (torch\S*)', text)
+    assert installed == [torch_pin], installed  # the one torch install line, CUDA or CPU by TORCH_INDEX
     assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:[\d.]+-runtime-", text, re.M), "not a CUDA runtime base"
     assert "bash scripts/setup.sh" in text  # the same Debian packages and pins as a workstation
     users = re.findall(r"^USER (\S+)", text, re.M)
