@@ -1,0 +1,116 @@
+"""Diagnostic (issue 14, H1): can the toy generator learn to use a motion signal at all, and how fast?
+
+Trains a fresh DimoModel on same-view reconstruction of the latent cache's synthetic train clips (plain Adam, one
+thread, no DeepSpeed: a diagnostic, not the training loop) and measures the motion-dependence gap on held-out
+reconstruction pairs every `--eval-every` steps (the study's metric, `motion_control.motion_dependence_gaps`,
+mismatched drivers of other motions). Token sources:
+
+* `encoder`: the model's own body (+ hand) encoder on the driving frames (the method);
+* `oracle2d`: the renderer's ground-truth 2D keypoints per frame (23 x 2, frame units) through the SMPL-control
+  pose tokenizer: a motion signal that is exact by construction, so a gap that stays ~0 here says the generator
+  (size, steps, loss) cannot use motion, whatever the encoder does.
+
+    python benchmarks/diag_generator_motion.py --tokens oracle2d --config tiny --steps 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from dimo.evaluation import motion_control as mc
+from dimo.models import DimoModel, configs
+from dimo.training.batches import collate, example
+
+
+def _clip(cache: Path, row, oracle: bool) -> dict:
+    d = load_file(str(cache / f"{row.clip_id}.safetensors"))
+    if oracle:  # replace the pose targets by the renderer's 2D keypoints: what the pose tokenizer reads
+        gt = np.load(row.gt_path)
+        kps = gt["keypoints_2d"] / gt["image_size"][::-1].astype(np.float32) * 2 - 1
+        d["pose_targets"] = torch.from_numpy(kps.astype(np.float32)).flatten(1)
+        d["pose_valid"] = torch.ones_like(d["pose_targets"], dtype=torch.bool)
+    return d
+
+
+def _gap(model, held, other, seed, draws) -> dict:
+    g = mc.motion_dependence_gaps(model, [example(h, h) for h in held], [example(o, o) for o in other], seed, draws)
+    return mc.bootstrap_ci(g) | {"values": [round(float(v), 6) for v in g]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path, default=Path("data/05_model_input/latents"))
+    ap.add_argument("--table", type=Path, default=Path("data/04_feature/labelled_clip_table.parquet"))
+    ap.add_argument("--tokens", choices=["encoder", "oracle2d"], default="encoder")
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--variant", default="no_geo", help="for --tokens encoder (oracle2d uses smpl_control)")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--draws", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--generator", type=json.loads, default={}, help='generator overrides, e.g. {"attention_head_dim": 32}')
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    oracle = args.tokens == "oracle2d"
+    table = pd.read_parquet(args.table)
+    table = table[table.gt_path.notna()].sort_values("clip_id")
+    train = [_clip(args.cache, r, oracle) for r in table[table.split == "train"].itertuples()]
+    held_rows = table[table.split != "train"]
+    held = [_clip(args.cache, r, oracle) for r in held_rows.itertuples()]
+    motions = held_rows["motion_name"].to_numpy()
+    all_motions = table["motion_name"].to_numpy()
+    rng = np.random.default_rng(0)  # a driver of another motion for each held-out clip (from all synthetic clips)
+    pool = list(table.itertuples())
+    other = [_clip(args.cache, pool[rng.choice(np.flatnonzero(all_motions != m))], oracle) for m in motions]
+
+    if oracle:
+        cfg = configs.get(args.config, "smpl_control", pose_tokenizer={"pose_dim": train[0]["pose_targets"].shape[1]},
+                          generator=args.generator)
+    else:
+        cfg = configs.get(args.config, args.variant, generator=args.generator)
+    model = DimoModel(cfg).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed)
+    curve, losses, t0 = [], [], time.perf_counter()
+    for step in range(args.steps + 1):
+        if step % args.eval_every == 0:
+            gap = _gap(model, held, other, args.seed, args.draws)
+            curve.append({"step": step, "train_loss": float(np.mean(losses[-50:])) if losses else None,
+                          **{k: gap[k] for k in ("mean", "ci_low", "ci_high")}, "s": round(time.perf_counter() - t0)})
+            print(json.dumps(curve[-1]), flush=True)
+        if step == args.steps:
+            break
+        idx = torch.randint(len(train), (args.batch,), generator=g).tolist()
+        batch = collate([example(train[i], train[i]) for i in idx])
+        out = model.training_losses(batch, step, generator=g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["diffusion_loss"].detach()))
+    n_params = sum(p.numel() for p in params)
+    result = {**vars(args), "params": n_params, "curve": curve, "final_gap": gap,
+              "seconds": time.perf_counter() - t0, "train_clips": len(train), "held_out_clips": len(held)}
+    result = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+    tag = "-".join(f"{k}{v}" for k, v in args.generator.items())
+    out = args.out or Path(f"benchmarks/results/diag_generator_motion-{args.tokens}-{args.config}{tag and '-' + tag}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("tokens", "config", "params", "seconds")}))
+
+
+if __name__ == "__main__":
+    main()
