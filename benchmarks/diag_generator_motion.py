@@ -59,7 +59,8 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--generator", type=json.loads, default={}, help='generator overrides, e.g. {"attention_head_dim": 32}')
+    ap.add_argument("--generator", type=json.loads, default={},
+                    help='generator overrides (JSON), e.g. {"attention_head_dim": 32}')
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,11 +71,11 @@ def main() -> None:
     train = [_clip(args.cache, r, oracle) for r in table[table.split == "train"].itertuples()]
     held_rows = table[table.split != "train"]
     held = [_clip(args.cache, r, oracle) for r in held_rows.itertuples()]
-    motions = held_rows["motion_name"].to_numpy()
-    all_motions = table["motion_name"].to_numpy()
-    rng = np.random.default_rng(0)  # a driver of another motion for each held-out clip (from all synthetic clips)
-    pool = list(table.itertuples())
-    other = [_clip(args.cache, pool[rng.choice(np.flatnonzero(all_motions != m))], oracle) for m in motions]
+    # a driver of another motion for each held-out clip, drawn as the study draws it (from all synthetic clips)
+    pairs = pd.DataFrame({"driving_clip_id": held_rows["clip_id"], "motion_name": held_rows["motion_name"]})
+    swapped = mc.mismatched_pairs(pairs, 0, pool=dict(zip(table["clip_id"], table["motion_name"])))
+    rows = {r.clip_id: r for r in table.itertuples()}
+    other = [_clip(args.cache, rows[c], oracle) for c in swapped["driving_clip_id"]]
 
     if oracle:
         cfg = configs.get(args.config, "smpl_control", pose_tokenizer={"pose_dim": train[0]["pose_targets"].shape[1]},
@@ -106,7 +107,8 @@ def main() -> None:
               "seconds": time.perf_counter() - t0, "train_clips": len(train), "held_out_clips": len(held)}
     result = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
     tag = "-".join(f"{k}{v}" for k, v in args.generator.items())
-    out = args.out or Path(f"benchmarks/results/diag_generator_motion-{args.tokens}-{args.config}{tag and '-' + tag}.json")
+    name = f"diag_generator_motion-{args.tokens}-{args.config}{tag and '-' + tag}.json"
+    out = args.out or Path("benchmarks/results") / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("tokens", "config", "params", "seconds")}))
