@@ -304,6 +304,9 @@ def check_mfu(work: Path, sizes: Sizes, device: torch.device) -> Check:
         model(batch, step=0, generator=step_generator(params["seed"], 0, 0, 0))["loss"].backward()
         synchronize(device)
 
+    # The peak is the best the device did: probed before and after the timed steps, so a shared machine busy during
+    # one probe does not put the step above its "peak" (a CPU dry run measured 147% with one probe under load).
+    peak_before = matmul_peak(device, sizes.matmul_n)
     step()  # warm-up
     with FlopCounterMode(display=False) as counter:
         step()
@@ -315,7 +318,7 @@ def check_mfu(work: Path, sizes: Sizes, device: torch.device) -> Check:
         step()
         times.append(time.perf_counter())
     times = [b - a for a, b in zip(times, times[1:])]
-    peak = matmul_peak(device, sizes.matmul_n)
+    peak = max(peak_before, matmul_peak(device, sizes.matmul_n))
     mfu = flops / min(times) / peak
     data = {"flops_per_step": flops, "step_s": times, "bf16_matmul_peak_flops_per_s": peak, "mfu": mfu,
             "gradient_checkpointing": model.config.gradient_checkpointing}

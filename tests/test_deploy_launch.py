@@ -35,7 +35,8 @@ def _free_port() -> int:
 
 
 def test_two_nodes_on_loopback_train_a_stage_with_the_skypilot_launch_script(smoke_chain, tmp_path):
-    project = _with_deploy_files(smoke_chain)
+    # a copy: the launch trains and registers stage2, which must not change the session's chain for other tests
+    project = _with_deploy_files(Path(shutil.copytree(smoke_chain, tmp_path / "project", symlinks=True)))
     base_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "KEDRO_ENV": "smoke",
                 "SKYPILOT_NODE_IPS": "127.0.0.1\n127.0.0.2", "SKYPILOT_NUM_NODES": "2",
                 "SKYPILOT_NUM_GPUS_PER_NODE": "1", "MASTER_PORT": str(_free_port())}
