@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -92,8 +93,18 @@ def download(uri: str) -> Path:
     mv = resolve(uri)
     target = CACHE_DIR / mv["name"] / f"{mv['version']}-{mv['run_id']}"  # the run id tells stores apart
     if not (target / "artifacts" / "dimo").is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=mv["uri"], dst_path=str(target))
+        # Downloaded beside the cache and renamed into place: ranks (or runs) loading one version at once never
+        # see a half-written folder (two ranks under the deepspeed launcher did); the second rename keeps the first.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        mlflow.artifacts.download_artifacts(artifact_uri=mv["uri"], dst_path=str(part))
+        try:
+            part.rename(target)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(part, ignore_errors=True)
+        if not (target / "artifacts" / "dimo").is_dir():
+            raise RuntimeError(f"{target}: an incomplete registry cache folder (an interrupted older download): "
+                               "delete it and run again")
     return target / "artifacts"
 
 
