@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--generator", type=json.loads, default={},
                     help='generator overrides (JSON), e.g. {"attention_head_dim": 32}')
+    ap.add_argument("--mismatch", choices=["same_person", "any"], default="same_person",
+                    help="the mismatched driver: the same person's other motion (only motion changes) or any other")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,7 +75,9 @@ def main() -> None:
     held = [_clip(args.cache, r, oracle) for r in held_rows.itertuples()]
     # a driver of another motion for each held-out clip, drawn as the study draws it (from all synthetic clips)
     pairs = pd.DataFrame({"driving_clip_id": held_rows["clip_id"], "motion_name": held_rows["motion_name"]})
-    swapped = mc.mismatched_pairs(pairs, 0, pool=dict(zip(table["clip_id"], table["motion_name"])))
+    people = dict(zip(table["clip_id"], table["identity_id"])) if args.mismatch == "same_person" else None
+    pool = dict(zip(table["clip_id"], table["motion_name"]))
+    swapped = mc.mismatched_pairs(pairs, 0, pool=pool, clip_identity=people)
     rows = {r.clip_id: r for r in table.itertuples()}
     other = [_clip(args.cache, rows[c], oracle) for c in swapped["driving_clip_id"]]
 

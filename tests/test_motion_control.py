@@ -144,6 +144,21 @@ def test_mismatched_pairs_swap_to_another_motion():
     assert set(pooled.driving_clip_id) <= {"p0", "p2"}
 
 
+def test_mismatched_pairs_keep_the_person_when_they_can():
+    pairs = pd.DataFrame({"driving_clip_id": ["a_walk", "b_walk"], "target_clip_id": ["a_walk", "b_walk"],
+                          "motion_name": ["walk", "walk"]})
+    pool = {"a_run": "run", "a_jump": "jump", "b_run": "run", "c_run": "run"}
+    person = {"a_walk": "a", "b_walk": "b", "a_run": "a", "a_jump": "a", "b_run": "b", "c_run": "c"}
+    for seed in range(10):
+        out = mc.mismatched_pairs(pairs, seed, pool=pool, clip_identity=person)
+        assert out.driving_clip_id.iloc[0] in {"a_run", "a_jump"} and out.driving_clip_id.iloc[1] == "b_run"
+    # nobody else moves differently as this person: any other motion will do
+    alone = mc.mismatched_pairs(pairs.iloc[:1], 0, pool={"c_run": "run"}, clip_identity=person)
+    assert alone.driving_clip_id.iloc[0] == "c_run"
+    # without identities the draw is the one it always was
+    assert mc.mismatched_pairs(pairs, 3, pool=pool).equals(mc.mismatched_pairs(pairs, 3, pool=pool, clip_identity=None))
+
+
 # ---------------------------------------------------------------------------------------------- motion dependence
 SIZE, FRAMES = 64, 5  # 2 latent frames
 

@@ -61,12 +61,14 @@ def _motion_of(pairs: pd.DataFrame, clip_motion: dict | None) -> pd.Series:
 
 
 def mismatched_pairs(pairs: pd.DataFrame, seed: int, clip_motion: dict | None = None,
-                     pool: dict | None = None) -> pd.DataFrame:
+                     pool: dict | None = None, clip_identity: dict | None = None) -> pd.DataFrame:
     """Each pair with its driving clip swapped for a driving clip of a DIFFERENT motion (drawn with rng(seed));
     the target (and so reference and prompt) stays. Adds `true_driving_clip_id`. `clip_motion` maps clip id ->
     motion name (e.g. the synthetic clip table's `motion_name`). The candidates are the pairs' own driving clips,
     plus `pool` (clip id -> motion) when given: a small held-out set may hold one motion only, and the swapped
-    driver only has to move differently, not be held out."""
+    driver only has to move differently, not be held out. `clip_identity` (clip id -> person) keeps the swapped
+    driver's person the true driver's where such a clip exists: then only the motion changes, and a gap cannot
+    come from the driving frames' appearance (clothes, skin) leaking through the tokens."""
     pairs = pairs.reset_index(drop=True)
     motion = _motion_of(pairs, clip_motion).to_numpy()
     drivers = pairs["driving_clip_id"].to_numpy()
@@ -74,8 +76,13 @@ def mismatched_pairs(pairs: pd.DataFrame, seed: int, clip_motion: dict | None = 
     names, moves = np.array(sorted(candidates)), np.array([candidates[c] for c in sorted(candidates)])
     if len(set(moves)) < 2:
         raise ValueError("mismatched pairs need driving clips of at least two different motions")
+    people = np.array([(clip_identity or {}).get(c) for c in names], dtype=object)
     rng = np.random.default_rng(seed)
-    swapped = [names[rng.choice(np.flatnonzero(moves != m))] for m in motion]
+    swapped = []
+    for driver, m in zip(drivers, motion, strict=True):
+        other = moves != m
+        same = other & (people == clip_identity.get(driver)) if clip_identity else np.zeros_like(other)
+        swapped.append(names[rng.choice(np.flatnonzero(same if same.any() else other))])
     out = pairs.copy()
     out["true_driving_clip_id"] = drivers
     out["driving_clip_id"] = swapped

@@ -85,10 +85,12 @@ def codec_and_probe_reference(pairs: pd.DataFrame, frames: dict, gt: dict, codec
 
 
 def motion_gaps(model, pairs: pd.DataFrame, batches: PairBatches, params: dict, seed: int,
-                pool: dict | None = None) -> np.ndarray:
+                pool: dict | None = None, people: dict | None = None) -> np.ndarray:
     """Per pair: the relative flow-loss gap with a driving clip of another motion (same noise, t, target);
-    `pool`: more candidate driving clips (clip id -> motion), see `mismatched_pairs`."""
-    swapped = mc.mismatched_pairs(pairs, params["mismatch_seed"], pool=pool)
+    `pool`: more candidate driving clips (clip id -> motion), `people` (clip id -> identity): the same person's
+    other motions first, when `params["mismatch_same_person"]` (see `mismatched_pairs`)."""
+    people = people if params.get("mismatch_same_person", False) else None
+    swapped = mc.mismatched_pairs(pairs, params["mismatch_seed"], pool=pool, clip_identity=people)
     true = [batches.example(r.driving_clip_id, r.target_clip_id) for r in pairs.itertuples()]
     other = [batches.example(r.driving_clip_id, r.target_clip_id) for r in swapped.itertuples()]
     return mc.motion_dependence_gaps(model, true, other, seed, params["gap_draws"])

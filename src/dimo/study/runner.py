@@ -153,9 +153,10 @@ def _run_study(pairs, cache, codec, manifest, deepspeed_config, clips, frames, g
     batches = PairBatches(held, cache, {"reconstruction": 1.0}, 1, 0)  # example() only: the held-out conditions
     synthetic = clips[clips["gt_path"].fillna("").astype(bool)]  # any synthetic clip may drive the mismatched copy
     pool = dict(zip(synthetic["clip_id"], synthetic["motion_name"], strict=True))
+    people = dict(zip(synthetic["clip_id"], synthetic["identity_id"], strict=True))
 
     def measure_unit(unit: Unit, model: DimoModel, summaries: list[dict]) -> dict:
-        gaps = measure.motion_gaps(model, held, batches, params, unit.seed, pool)
+        gaps = measure.motion_gaps(model, held, batches, params, unit.seed, pool, people)
         pose = measure.pose_following(model, codec, probe, held, batches, gt, params, unit.seed)
         table = held[["pair_id", "kind"]].assign(gap=gaps).merge(pose.drop(columns="kind"), on="pair_id")
         curve = {}
@@ -163,7 +164,7 @@ def _run_study(pairs, cache, codec, manifest, deepspeed_config, clips, frames, g
             earlier = DimoModel.from_pretrained(str(unit_dir(study, unit) / key))
             done = sum(unit.steps[k] for k in unit.schedule[: i + 1])
             curve[str(done)] = {"gap": float(np.nanmean(measure.motion_gaps(earlier, held, batches, params,
-                                                                             unit.seed, pool)))}
+                                                                             unit.seed, pool, people)))}
         curve[str(sum(unit.steps.values()))] = {"gap": float(np.nanmean(gaps))}
         retrieval = measure.retrieval(model, held, batches)
         summary = {k: float(np.nanmean(table[k])) for k in table.columns if k not in ("pair_id", "kind")}
