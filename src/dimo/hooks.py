@@ -76,3 +76,30 @@ class PreflightHooks:
             raise PreflightError(line)
         print(line, file=sys.stderr, flush=True)
         raise SystemExit(2)
+
+
+class VideoPreviewHooks:
+    """After each node: every mp4 the active MLflow run holds gets a GIF preview and a PNG contact sheet beside
+    it (`dimo.previews`), whichever code logged it (a node, or a kedro-mlflow artifact dataset)."""
+
+    @hook_impl
+    def after_node_run(self, node, catalog, inputs, outputs, is_async, run_id=None) -> None:
+        self._log()  # mp4s a node logged itself (training's sample grids)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name, data, node) -> None:
+        # Outputs are saved after after_node_run: an MlflowArtifactDataset of a video has logged its mp4 only now.
+        if hasattr(data, "frames") and hasattr(data, "fps"):
+            self._log()
+
+    @staticmethod
+    def _log() -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        from dimo import previews
+
+        done = previews.log_missing_previews()
+        if done:
+            log.info("previews logged for %s", ", ".join(done))
