@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +25,13 @@ from tests.conftest import PROJECT_ROOT, VENV_BIN
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(below: int = 65536) -> int:
+    """A free loopback port; `below`: kedro-viz refuses ports above 49151 (the ephemeral range)."""
+    for port in [0] if below > 65535 else random.sample(range(20000, below), 200):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return s.getsockname()[1]
+    raise RuntimeError("no free loopback port")
 
 
 def _answers(url: str) -> bool:
