@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 EXIT_USAGE = 2
 
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, motion in camera_vocabulary.vocabulary().items():
             print(f"{key:20s} {motion.describe()}")
         return 0
+    # MLflow's advice to pyfunc authors, printed on every load: noise in a user's terminal.
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from dimo.inference import InferenceError
