@@ -26,7 +26,7 @@ def _training_run(project):
 
 def _close_assistant(page) -> None:
     with contextlib.suppress(Exception):  # MLflow 3's side panel; only hides part of the screenshots
-        page.locator("text=MLflow Assistant").locator("xpath=../..").get_by_role("button").last.click(timeout=3000)
+        page.locator("[data-component-id='mlflow.assistant.chat_panel.close']").click(timeout=5000)
 
 
 def test_mlflow_ui_shows_the_run_its_loss_chart_the_model_and_a_gif(smoke_chain, tmp_path):

@@ -32,6 +32,7 @@ def test_kedro_viz_lists_pipelines_and_the_nodes_of_train_stage2(smoke_chain, tm
             page.locator(f"g.pipeline-node--task[data-node-fullname='{name}']").wait_for()
         # and only them: the default pipeline's nodes leave the flowchart
         page.locator("g.pipeline-node--task[data-node-fullname='train_stage1']").wait_for(state="detached")
-        with contextlib.suppress(Exception):  # the what's-new tour covers part of the screenshot
-            page.get_by_text("1 of 6").locator("xpath=..").get_by_role("button").first.click(timeout=3000)
+        with contextlib.suppress(Exception):  # the feature tour and the update banner cover part of the screenshot
+            page.locator(".feature-hints__close").click(timeout=3000)
+            page.locator(".update-reminder-unexpanded").get_by_text("Dismiss").click(timeout=3000)
         page.shot("kedro_viz_train_stage2")
