@@ -28,9 +28,10 @@ def test_every_mp4_gets_a_looping_gif_and_a_contact_sheet_once(tmp_path):
         assert previews.log_missing_previews() == ["broken.mp4"]  # the grid's previews exist: not made again
     root = _artifact_dir(run.info.run_id)
     gif = Image.open(f"{root}/samples/stage1/grid{previews.GIF_SUFFIX}")
-    assert gif.format == "GIF" and gif.n_frames == 17 and gif.info["loop"] == 0 and gif.size == (256, 64)
+    assert gif.format == "GIF" and gif.n_frames == 17 and gif.info["loop"] == 0
+    assert gif.size == (512, 128)  # a 256 px wide toy grid shown at twice its size
     gif.seek(8)
-    middle = np.asarray(gif.convert("RGB"), dtype=float)
+    middle = np.asarray(gif.convert("RGB"), dtype=float)[::2, ::2]
     assert np.abs(middle - frames[8]).mean() < 12  # the frames themselves, in order (palette + H.264 error)
     sheet = Image.open(f"{root}/samples/stage1/grid{previews.SHEET_SUFFIX}")
     assert sheet.format == "PNG" and sheet.size == (256, 4 * 64)

@@ -34,10 +34,14 @@ def _fit(frames: np.ndarray, max_width: int) -> np.ndarray:
     return video_io.resize_frames(frames, max(2, round(h * max_width / w)), max_width)
 
 
-def gif_preview(frames: np.ndarray, fps: float, out: Path, max_width: int = 512, max_frames: int = 48) -> Path:
-    """An animated, looping GIF of (T, H, W, 3) uint8 frames, subsampled to at most `max_frames`."""
+def gif_preview(frames: np.ndarray, fps: float, out: Path, max_width: int = 512, max_frames: int = 48,
+                min_width: int = 480) -> Path:
+    """An animated, looping GIF of (T, H, W, 3) uint8 frames, subsampled to at most `max_frames`. Toy-scale grids
+    (64 px panels) are enlarged by a whole factor, pixels kept sharp, so the viewer shows more than a strip."""
     idx = _frame_indices(len(frames), max_frames)
     small = _fit(frames[idx], max_width)
+    factor = max(1, round(min_width / small.shape[2]))
+    small = small.repeat(factor, axis=1).repeat(factor, axis=2)
     # Keep the clip's real duration when frames were dropped.
     duration_ms = max(20, round(1000.0 * len(frames) / max(fps, 1e-3) / len(idx)))
     images = [Image.fromarray(f) for f in small]
