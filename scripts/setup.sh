@@ -7,6 +7,8 @@ ROOT=$(pwd)
 
 # Debian packages: Mesa's software EGL/GL for headless rendering (moderngl), ffmpeg libs for video IO, git for DVC.
 DEB_PKGS="libegl1 libgl1-mesa-dri libegl-mesa0 libgl1 libgles2 git openssl"
+# Debian's chromium for the browser tests of the UIs (Playwright drives it; no browser download), tmux for the CLI test.
+DEB_PKGS="$DEB_PKGS chromium tmux"
 # npm fetches mediapipe's lite/heavy pose models (scripts/install_assets.sh); Debian's npm if none is on PATH.
 command -v npm >/dev/null || DEB_PKGS="$DEB_PKGS npm"
 missing=""

@@ -76,3 +76,122 @@ class PreflightHooks:
             raise PreflightError(line)
         print(line, file=sys.stderr, flush=True)
         raise SystemExit(2)
+
+
+class VideoPreviewHooks:
+    """After each node: every mp4 the active MLflow run holds gets a GIF preview and a PNG contact sheet beside
+    it (`dimo.previews`), whichever code logged it (a node, or a kedro-mlflow artifact dataset)."""
+
+    @hook_impl
+    def after_node_run(self, node, catalog, inputs, outputs, is_async, run_id=None) -> None:
+        self._log()  # mp4s a node logged itself (training's sample grids)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name, data, node) -> None:
+        # Outputs are saved after after_node_run: an MlflowArtifactDataset of a video has logged its mp4 only now.
+        if hasattr(data, "frames") and hasattr(data, "fps"):
+            self._log()
+
+    @staticmethod
+    def _log() -> None:
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        from dimo import previews
+
+        done = previews.log_missing_previews()
+        if done:
+            log.info("previews logged for %s", ", ".join(done))
+
+
+class _StageRuns:
+    """The state the two stage-run hooks share: which pipeline each node belongs to, the open nested run."""
+
+    def __init__(self):
+        self.enabled = False
+        self.stage_of: dict[str, str] = {}
+        self.runs: dict[str, str] = {}  # stage -> its nested run id (one per stage per `kedro run`)
+        self.open: str | None = None  # the stage whose nested run is active now
+
+    def close(self) -> None:
+        import mlflow
+
+        run = mlflow.active_run()
+        if self.open and run is not None and run.info.run_id == self.runs[self.open]:
+            mlflow.end_run()
+        self.open = None
+
+
+_STAGE_RUNS = _StageRuns()
+
+
+class StageRunOpenHooks:
+    """`tracking.nested_stage_runs: true`: under the run kedro-mlflow opens for a `kedro run`, one nested run per
+    pipeline stage (preprocess, each training stage, evaluate, ...) that holds the stage's params, metrics (with
+    steps), artifacts and registered model version; tagged `dimo.stage`, `dimo.parent_git_commit` and, when it
+    registered one, `dimo.registered_model` (`name/version`). kedro-mlflow re-activates its own run before every
+    node, so the nested run is active while a node runs and its outputs are saved, and is closed (then resumed)
+    around kedro-mlflow's hook: `StageRunCloseHooks` runs first, this one last."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        from kedro.framework.project import pipelines
+
+        state = _STAGE_RUNS
+        state.__init__()
+        state.enabled = bool((catalog.load("parameters").get("tracking") or {}).get("nested_stage_runs"))
+        if state.enabled:  # a node's stage: the first registered pipeline (but the aggregate) that holds it
+            for name, pipe in pipelines.items():
+                for node in pipe.nodes if name != "__default__" else ():
+                    state.stage_of.setdefault(node.name, name)
+
+    @hook_impl(trylast=True)
+    def before_node_run(self, node, catalog, inputs, is_async, run_id=None) -> None:
+        import mlflow
+
+        state, parent = _STAGE_RUNS, mlflow.active_run()
+        if not state.enabled or parent is None:
+            return
+        stage = state.stage_of.get(node.name, "other")
+        if stage in state.runs:
+            mlflow.start_run(run_id=state.runs[stage], nested=True)
+        else:
+            commit = parent.data.tags.get("git_commit") or git_commit()
+            run = mlflow.start_run(run_name=stage, nested=True, tags={
+                "dimo.stage": stage, "dimo.parent_git_commit": commit,
+                "mlflow.source.git.commit": commit.removesuffix("-dirty")})
+            state.runs[stage] = run.info.run_id
+        state.open = stage
+        from kedro_mlflow.framework.hooks.utils import _flatten_dict
+
+        params = {k.removeprefix("params:"): v for k, v in inputs.items() if k.startswith("params:")}
+        flat = {k: str(v)[:6000] for k, v in _flatten_dict(params).items()}
+        logged = mlflow.get_run(state.runs[stage]).data.params
+        mlflow.log_params({k: v for k, v in flat.items() if k not in logged})  # a param is logged once
+
+    @hook_impl
+    def after_node_run(self, node, catalog, inputs, outputs, is_async, run_id=None) -> None:
+        import mlflow
+
+        if not _STAGE_RUNS.open:
+            return
+        for value in outputs.values():  # a registration record (training.registry.register's dict)
+            if isinstance(value, dict) and {"name", "version", "run_id"} <= set(value):
+                mlflow.set_tag("dimo.registered_model", f"{value['name']}/{value['version']}")
+
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        _STAGE_RUNS.close()  # before kedro-mlflow ends its own run
+
+    @hook_impl(tryfirst=True)
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        _STAGE_RUNS.close()
+
+
+class StageRunCloseHooks:
+    """Closes the open nested stage run before kedro-mlflow's before_node_run re-activates its own run."""
+
+    @hook_impl(tryfirst=True)
+    def before_node_run(self, node, catalog, inputs, is_async, run_id=None) -> None:
+        _STAGE_RUNS.close()

@@ -15,8 +15,31 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 EXIT_USAGE = 2
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, `dimo <command>: error: <problem>`, exit 2 (argparse prints the usage first)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _common(p: argparse.ArgumentParser, default_output: str) -> None:
@@ -29,7 +52,8 @@ def _common(p: argparse.ArgumentParser, default_output: str) -> None:
                    help="MLflow store holding the registry (default: $MLFLOW_TRACKING_URI; scripts/env.sh sets "
                         "the project's sqlite:///.../mlflow.db)")
     m.add_argument("--text-encoder-path", default=None,
-                   help="local Wan2.1 folder for a UMT5 text encoder recorded on another machine")
+                   help="local Wan2.1 folder for a UMT5 text encoder recorded on another machine "
+                        "(default: the path recorded with the model)")
     m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights / autocast precision (default: %(default)s)")
@@ -38,8 +62,9 @@ def _common(p: argparse.ArgumentParser, default_output: str) -> None:
     s.add_argument("--guidance-text", type=float, default=5.0, help="text CFG scale, 1 = off (default: %(default)s)")
     s.add_argument("--guidance-motion", type=float, default=1.0,
                    help="motion CFG scale, 1 = off (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--negative-prompt", default=None)
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
+    s.add_argument("--negative-prompt", default=None,
+                   help="text CFG's negative prompt (default: none, the prompt-free branch)")
     z = p.add_argument_group("size and timing")
     z.add_argument("--target-area", type=int, default=None,
                    help="output pixels per frame, aspect of the reference kept (default: 128*128 for toy models, "
@@ -51,21 +76,25 @@ def _common(p: argparse.ArgumentParser, default_output: str) -> None:
                    help="the model's frame rate; driving videos at another rate are resampled to it (default: 16)")
     z.add_argument("--driving-size", type=int, default=None,
                    help="driving frames are resized to about this side squared (default: the body encoder's input)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a bar over the sampling "
+                   "steps with its ETA, on stderr)")
     p.add_argument("-v", "--verbose", action="store_true", help="log what is done")
 
 
 def _prompt_args(p: argparse.ArgumentParser, camera_help: str) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--camera", default=None, help=camera_help + " (`dimo cameras` lists the keys)")
-    g.add_argument("--prompt", default=None, help="free-text prompt instead of the vocabulary one")
+    g.add_argument("--prompt", default=None, help="free-text prompt instead of the vocabulary one (default: the "
+                   "camera's vocabulary sentence)")
     p.add_argument("--subject", default=None, help="subject for the vocabulary prompt (default: 'A person')")
-    p.add_argument("--action", default=None, help="action for the vocabulary prompt")
+    p.add_argument("--action", default=None, help="action for the vocabulary prompt (default: 'moves'; novel-view: "
+                   "'stands still')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dimo", description="3DiMo inference: animate an image with a driving "
-                                     "video under a camera prompt, synthesise novel views, stabilise videos.")
+    parser = _Parser(prog="dimo", description="3DiMo inference: animate an image with a driving "
+                     "video under a camera prompt, synthesise novel views, stabilise videos.",
+                     epilog="`dimo COMMAND --help` lists the command's options and their defaults.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("animate", help="reference image + driving video + camera prompt -> video")
@@ -87,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("video", help="video to stabilise (its first frame is the reference)")
     s.add_argument("--prompt", default=None, help="free-text prompt instead of '<subject> <action>. The camera "
                    "remains static.'")
-    s.add_argument("--subject", default=None)
-    s.add_argument("--action", default=None)
+    s.add_argument("--subject", default=None, help="subject for the prompt (default: 'A person')")
+    s.add_argument("--action", default=None, help="action for the prompt (default: 'moves')")
     s.add_argument("--keypoints", default=None, help="hand keypoints of the video (see animate)")
     _common(s, "_stabilized.mp4")
 
@@ -145,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, motion in camera_vocabulary.vocabulary().items():
             print(f"{key:20s} {motion.describe()}")
         return 0
+    # MLflow's advice to pyfunc authors, printed on every load: noise in a user's terminal.
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from dimo.inference import InferenceError

@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from dimo.hooks import PreflightHooks, ProjectHooks
+from dimo.hooks import PreflightHooks, ProjectHooks, StageRunCloseHooks, StageRunOpenHooks, VideoPreviewHooks
 
-HOOKS = (PreflightHooks(), ProjectHooks())
+HOOKS = (PreflightHooks(), ProjectHooks(), VideoPreviewHooks(), StageRunOpenHooks(), StageRunCloseHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
