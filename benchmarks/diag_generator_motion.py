@@ -24,14 +24,26 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
+from scipy.spatial.transform import Rotation
 
 from dimo.evaluation import motion_control as mc
 from dimo.models import DimoModel, configs
 from dimo.training.batches import collate, example
 
 
-def _clip(cache: Path, row, oracle: bool) -> dict:
+def _gt_pose_6d(gt_path: str) -> torch.Tensor:
+    """The renderer's local body-bone rotations (T, 35 x 6D, root excluded as in the labels): what the geometric
+    decoder would learn from perfect pseudo-labels."""
+    rotvec = np.load(gt_path)["body_pose"]  # (T, bones, 3) axis-angle, local to the parent bone
+    mats = Rotation.from_rotvec(rotvec.reshape(-1, 3)).as_matrix()[..., :2]  # 6D: the first two columns
+    return torch.from_numpy(mats.reshape(rotvec.shape[0], -1).astype(np.float32))
+
+
+def _clip(cache: Path, row, oracle: bool, gt_pose: bool = False) -> dict:
     d = load_file(str(cache / f"{row.clip_id}.safetensors"))
+    if gt_pose:  # the geometric decoder's targets from the ground truth instead of the pseudo-labels
+        d["pose_targets"] = _gt_pose_6d(row.gt_path)
+        d["pose_valid"] = torch.ones_like(d["pose_targets"], dtype=torch.bool)
     if oracle:  # replace the pose targets by the renderer's 2D keypoints: what the pose tokenizer reads
         gt = np.load(row.gt_path)
         kps = gt["keypoints_2d"] / gt["image_size"][::-1].astype(np.float32) * 2 - 1
@@ -63,6 +75,8 @@ def main() -> None:
                     help='generator overrides (JSON), e.g. {"attention_head_dim": 32}')
     ap.add_argument("--mismatch", choices=["same_person", "any"], default="same_person",
                     help="the mismatched driver: the same person's other motion (only motion changes) or any other")
+    ap.add_argument("--geo-targets", choices=["labels", "gt_pose"], default="labels",
+                    help="for --tokens encoder: the geometric decoder learns the pseudo-labels or the true pose")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,31 +84,34 @@ def main() -> None:
     oracle = args.tokens == "oracle2d"
     table = pd.read_parquet(args.table)
     table = table[table.gt_path.notna()].sort_values("clip_id")
-    train = [_clip(args.cache, r, oracle) for r in table[table.split == "train"].itertuples()]
+    gt_pose = args.geo_targets == "gt_pose" and not oracle
+    train = [_clip(args.cache, r, oracle, gt_pose) for r in table[table.split == "train"].itertuples()]
     held_rows = table[table.split != "train"]
-    held = [_clip(args.cache, r, oracle) for r in held_rows.itertuples()]
+    held = [_clip(args.cache, r, oracle, gt_pose) for r in held_rows.itertuples()]
     # a driver of another motion for each held-out clip, drawn as the study draws it (from all synthetic clips)
     pairs = pd.DataFrame({"driving_clip_id": held_rows["clip_id"], "motion_name": held_rows["motion_name"]})
     people = dict(zip(table["clip_id"], table["identity_id"])) if args.mismatch == "same_person" else None
     pool = dict(zip(table["clip_id"], table["motion_name"]))
     swapped = mc.mismatched_pairs(pairs, 0, pool=pool, clip_identity=people)
     rows = {r.clip_id: r for r in table.itertuples()}
-    other = [_clip(args.cache, rows[c], oracle) for c in swapped["driving_clip_id"]]
+    other = [_clip(args.cache, rows[c], oracle, gt_pose) for c in swapped["driving_clip_id"]]
 
     if oracle:
         cfg = configs.get(args.config, "smpl_control", pose_tokenizer={"pose_dim": train[0]["pose_targets"].shape[1]},
                           generator=args.generator)
     else:
-        cfg = configs.get(args.config, args.variant, generator=args.generator)
+        decoder = {"n_body_joints": train[0]["pose_targets"].shape[1] // 6, "num_hands": 0} if gt_pose else {}
+        cfg = configs.get(args.config, args.variant, generator=args.generator, geometric_decoder=decoder)
     model = DimoModel(cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
-    curve, losses, t0 = [], [], time.perf_counter()
+    curve, losses, geo, t0 = [], [], [], time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.eval_every == 0:
             gap = _gap(model, held, other, args.seed, args.draws)
             curve.append({"step": step, "train_loss": float(np.mean(losses[-50:])) if losses else None,
+                          "geometric_loss": float(np.mean(geo[-50:])) if geo else None,
                           **{k: gap[k] for k in ("mean", "ci_low", "ci_high")}, "s": round(time.perf_counter() - t0)})
             print(json.dumps(curve[-1]), flush=True)
         if step == args.steps:
@@ -106,6 +123,7 @@ def main() -> None:
         out["loss"].backward()
         opt.step()
         losses.append(float(out["diffusion_loss"].detach()))
+        geo.append(float(out["geometric_loss"].detach()))
     n_params = sum(p.numel() for p in params)
     result = {**vars(args), "params": n_params, "curve": curve, "final_gap": gap,
               "seconds": time.perf_counter() - t0, "train_clips": len(train), "held_out_clips": len(held)}
