@@ -44,6 +44,7 @@ class FitConfig:
     w_accel: float = 0.1
     min_visibility: float = 0.3
     hand_iterations: int = 40
+    multiview_iterations: int = 150  # LBFGS evaluations of the multi-view fusion (multiview.py)
     hand_lr: float = 0.05
     w_hand_prior: float = 1e-6
     w_hand_smooth: float = 1e-4
