@@ -25,6 +25,9 @@ def _poses(anny, T: int, seed: int):
     key = torch.randn(2, 21, 3, generator=g) * 0.3
     t = torch.linspace(0, 1, T)[:, None, None]
     aa = (1 - t) * key[0] + t * key[1]
+    for name in ("spine05", "spine04", "spine03", "spine02", "spine01", "neck01", "head", "clavicle.L",
+                 "clavicle.R", "wrist.L", "wrist.R"):  # the spine and the root are partly redundant under keypoints
+        aa[:, lf.ANNY_BODY_BONES.index(name)] *= 0.2
     for j, axis in anny.hinges:
         aa[:, j] = 0.6 * torch.linspace(0.5, 1.0, T)[:, None] * axis
     root = roma.rotvec_to_rotmat(torch.tensor([0.0, 0.0, 0.8]) * torch.linspace(0, 1, T)[:, None])
