@@ -22,6 +22,7 @@ from dimo import video_io
 from dimo.labelling import detect as det
 from dimo.labelling import fit as fitting
 from dimo.labelling import label_format as lf
+from dimo.labelling import multiview
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,12 @@ log = logging.getLogger(__name__)
 HASHED_PARAMS = ("body_model", "anny_phenotype", "smplx", "detect", "fit", "gates_per_frame")
 
 
-def content_hash(params: dict, encoded: bytes | None = None, frames: np.ndarray | None = None) -> str:
+def content_hash(params: dict, encoded: bytes | None = None, frames: np.ndarray | None = None,
+                 extra: bytes = b"") -> str:
     """Key of a clip's label: its file's bytes (`encoded`) or, for frames made in memory, their pixels; and the
-    label params."""
+    label params; `extra`: what else the label depends on (a fused group's members and cameras)."""
     h = hashlib.sha256()
+    h.update(extra)
     if encoded is not None:
         h.update(encoded)
     else:
@@ -138,36 +141,48 @@ def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitt
                             image_size=(max(d.height for _, d, _ in items), max(d.width for _, d, _ in items)),
                             cfg=cfg) if valid.any() else None
     hands = fitting.fit_hands(backend, hand3d, hand_valid, seg, cfg=cfg) if hand_valid.any() else None
-    labels, start = [], 0
-    for i, (clip, d, m) in enumerate(items):
-        T = len(d.person)
-        sl = slice(start, start + T)
-        b = {k: (v[sl] if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
-             for k, v in body.items()} if body is not None else None
-        h = {k: (v[sl] if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
-             for k, v in hands.items()} if hands is not None else None
-        labels.append(build_label(clip, d, m, b, h, backend, i))
-        start += T
+    bodies, hand_fits, start = [], [], 0
+    for _, d, _ in items:
+        sl = slice(start, start + len(d.person))
+        bodies.append({k: (v[sl].copy() if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
+                       for k, v in body.items()} if body is not None else None)
+        hand_fits.append({k: (v[sl] if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
+                          for k, v in hands.items()} if hands is not None else None)
+        start += len(d.person)
+    # Synchronised views with known cameras: one body fitted to all views replaces the single-view fits.
+    multiview.fuse_groups(items, bodies, backend, cfg)
+    labels = [build_label(clip, d, m, bodies[i], hand_fits[i], backend, i) for i, (clip, d, m) in enumerate(items)]
     dt = (time.perf_counter() - t0) / max(len(items), 1)
     for lab in labels:
         lab["fit_seconds"] = np.float64(dt)
     return labels
 
 
+def _fusion_key(clip: dict) -> bytes:
+    """A fused clip's label also depends on its group's members and cameras."""
+    if clip.get("cameras") is None or not clip.get("group_id"):
+        return b""
+    K, E = clip["cameras"]
+    members = ",".join(map(str, clip.get("group_members") or ()))
+    head = f"{clip['group_id']}|{members}|".encode()
+    return head + np.ascontiguousarray(K).tobytes() + np.ascontiguousarray(E).tobytes()
+
+
 def _frames_and_key(clip: dict, params: dict) -> tuple[np.ndarray, str]:
     """A clip's frames and label key: `frames` in memory (keyed by pixels) or `load()` -> Video (keyed by the
     file's bytes). A clip that cannot be read is labelled as empty (every frame invalid)."""
+    extra = _fusion_key(clip)
     if clip.get("frames") is not None:
-        return clip["frames"], content_hash(params, frames=clip["frames"])
+        return clip["frames"], content_hash(params, frames=clip["frames"], extra=extra)
     try:
         video = clip["load"]()
     except (video_io.VideoReadError, FileNotFoundError) as err:
         log.warning("pseudo_label: %s cannot be read (%s): labelled as empty", clip["clip_id"], err)
         frames = np.zeros((int(clip.get("num_frames") or 1), 16, 16, 3), np.uint8)
-        return frames, content_hash(params, frames=frames)
+        return frames, content_hash(params, frames=frames, extra=extra)
     if video.encoded is None:
-        return video.frames, content_hash(params, frames=video.frames)
-    return video.frames, content_hash(params, encoded=video.encoded)
+        return video.frames, content_hash(params, frames=video.frames, extra=extra)
+    return video.frames, content_hash(params, encoded=video.encoded, extra=extra)
 
 
 class _DetectAndFit:
@@ -192,8 +207,11 @@ class _DetectAndFit:
         d = self.detector.detect(frames)
         self.detect_s[i] = time.perf_counter() - t0
         meta = {k: v for k, v in clip.items() if k not in ("frames", "load")}
+        # A full batch is sent off before a clip of another group, so synchronised views are fitted together.
+        if len(self.batch) >= self.batch_n and self.batch[-1][1][0].get("group_id") != meta.get("group_id"):
+            self.flush()
         self.batch.append((i, ({**meta, "fps": float(clip.get("fps") or 0.0)}, d, frame_masks(d, self.gates))))
-        if len(self.batch) >= self.batch_n:
+        if len(self.batch) >= self.batch_n and not meta.get("group_id"):
             self.flush()
         self.collect(block=False)
 

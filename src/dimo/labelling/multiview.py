@@ -11,6 +11,8 @@ keypoints in camera axes.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import roma
 import torch
@@ -189,10 +191,62 @@ def fit_multiview(backend, kp2d: np.ndarray, frame_ok: np.ndarray, Kmat: np.ndar
     wb = (torch.as_tensor(w) > 0).to(dt)
     err2d = (r * torch.as_tensor(Kmat[..., 0, 0], dtype=dt)[..., None] * wb).sum(-1) / wb.sum(-1).clamp_min(1)
     fused = ((w > 0).sum(-1) >= 6).sum(0) >= 2
+    e3 = np.linalg.norm(J.numpy() - Xtri, axis=-1) * tri_ok
+    err3d = e3.sum(1) / np.maximum(tri_ok.sum(1), 1) * 1000  # vs the triangulated keypoints it was fitted to
     return {"root_R": (Rc @ R[None]).numpy(), "fit_points": Jc.numpy(), "err2d_px": err2d.numpy(),
             "body_R": roma.rotvec_to_rotmat(aa.detach()).numpy(), "body_aa": aa.detach().numpy(),
             "scale": torch.exp(log_s).detach().numpy(), "world_points": J.numpy(), "fused": fused,
+            "err3d_mm": err3d.astype(np.float32),
             "swapped": swapped}
 
 
-__all__ = ["triangulate", "fix_swaps", "fit_multiview"]
+def cameras_from(camera_params: str | dict | None, num_frames: int, gt: dict | None = None):
+    """Known cameras of one view: (K (T, 3, 3), E (T, 4, 4)) from the clip table's camera_params JSON when it holds
+    `K` and `extrinsics` (calibrated captures: one matrix or one per frame), else from the synthetic ground
+    truth's `K` / `extrinsics`; None when neither has them."""
+    cp = json.loads(camera_params) if isinstance(camera_params, str) and camera_params else (camera_params or {})
+    src = cp if "K" in cp and "extrinsics" in cp else gt
+    if src is None or "K" not in src or "extrinsics" not in src:
+        return None
+    K, E = np.asarray(src["K"], np.float64), np.asarray(src["extrinsics"], np.float64)
+    K = np.broadcast_to(K, (num_frames, 3, 3)) if K.ndim == 2 else K[:num_frames]
+    E = np.broadcast_to(E, (num_frames, 4, 4)) if E.ndim == 2 else E[:num_frames]
+    return (K, E) if len(K) == len(E) == num_frames else None
+
+
+def fuse_groups(items: list, bodies: list, backend, cfg: fitting.FitConfig) -> int:
+    """Replace, in place, the single-view body fits of every synchronised group with >= 2 usable views and known
+    cameras (items: (clip meta with group_id / cameras, detections, masks); bodies: per clip the fit_batch body
+    dict) by the fused fit on the frames at least two views see. The wrist rotations stay the single-view
+    ones (the hand anchors pin them there). Returns the number of clips fused."""
+    groups: dict[str, list[int]] = {}
+    for i, (clip, _, _) in enumerate(items):
+        if clip.get("cameras") is not None and clip.get("group_id") and bodies[i] is not None:
+            groups.setdefault(str(clip["group_id"]), []).append(i)
+    n = 0
+    wrists = [j for j, name in enumerate(lf.BODY_JOINT_NAMES.get(backend.name, ())) if "wrist" in name]
+    for members in groups.values():
+        T = min(len(items[i][1].person) for i in members)
+        usable = [i for i in members if items[i][2]["valid"][:T].sum() >= 2]
+        if len(usable) < 2:
+            continue  # one usable view: the single-view fit stays
+        kp2d = np.stack([items[i][1].pose2d[:T] for i in usable])
+        ok = np.stack([items[i][2]["valid"][:T] for i in usable])
+        Ks = np.stack([items[i][0]["cameras"][0][:T] for i in usable])
+        Es = np.stack([items[i][0]["cameras"][1][:T] for i in usable])
+        r = fit_multiview(backend, kp2d, ok, Ks, Es, cfg)
+        f = np.nonzero(r["fused"])[0]
+        for v, i in enumerate(usable):
+            b = bodies[i]
+            keep = b["body_R"][f][:, wrists].copy()
+            b["body_R"][f], b["root_R"][f] = r["body_R"][f], r["root_R"][v, f]
+            b["body_R"][f[:, None], wrists] = keep
+            b["fit_points"][f, :len(lf.FIT_KEYPOINTS)] = r["fit_points"][v, f]
+            b["err2d_px"][f], b["err3d_mm"][f] = r["err2d_px"][v, f], r["err3d_mm"][f]
+            b["scale"] = np.full_like(b["scale"], float(r["scale"][0]))
+            b["fused"] = np.isin(np.arange(len(b["root_R"])), f)
+            n += 1
+    return n
+
+
+__all__ = ["triangulate", "fix_swaps", "fit_multiview", "cameras_from", "fuse_groups"]
