@@ -11,6 +11,7 @@ keypoints in camera axes.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -86,6 +87,38 @@ def fix_swaps(uv: np.ndarray, w: np.ndarray, P: np.ndarray, rounds: int = 2):
     return uv, w, swapped
 
 
+def _reproject(X: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """X (T, K, 3) world -> (V, T, K, 2) pixels."""
+    Xh = np.concatenate([X, np.ones(X.shape[:-1] + (1,), X.dtype)], -1)
+    p = np.einsum("vtij,tkj->vtki", P, Xh)
+    return p[..., :2] / np.where(np.abs(p[..., 2:]) < 1e-9, 1e-9, p[..., 2:])
+
+
+def robust_triangulate(uv: np.ndarray, w: np.ndarray, P: np.ndarray, thr_px: np.ndarray):
+    """Per keypoint, the view subset (>= 2 views) whose triangulation explains the most views (truncated
+    quadratic reprojection cost, threshold thr_px (V, T)); views it does not explain are outliers (a wrong or
+    swapped detection in one view). Returns X (T, K, 3), ok (T, K) and the inlier weights (V, T, K)."""
+    V = len(uv)
+    best_X, best_cost = None, None
+    for n in range(V, 1, -1):
+        for sub in itertools.combinations(range(V), n):
+            ws = np.zeros_like(w)
+            ws[list(sub)] = w[list(sub)]
+            X, ok = triangulate(uv, ws, P)
+            e = np.linalg.norm(_reproject(X, P) - uv, axis=-1) / thr_px[..., None]
+            cost = (w * np.minimum(e, 1.0) ** 2 + (w == 0)).sum(0) + 1e6 * ~ok  # a subset must see the point
+            if best_cost is None:
+                best_X, best_cost = X, cost
+            else:
+                better = cost < best_cost - 1e-9
+                best_X = np.where(better[..., None], X, best_X)
+                best_cost = np.minimum(cost, best_cost)
+    e = np.linalg.norm(_reproject(best_X, P) - uv, axis=-1) / thr_px[..., None]
+    w_in = np.where(e < 1.0, w, 0.0)
+    ok = (w_in > 0).sum(0) >= 2
+    return best_X, ok, w_in
+
+
 def _targets(kp2d: np.ndarray, frame_ok: np.ndarray, cfg: fitting.FitConfig):
     """Per view the fit keypoints' pixels (V, T, K, 2) and weights (V, T, K) (visibility x trust x frame ok)."""
     have = fitting.MP_FOR_FIT >= 0
@@ -136,7 +169,7 @@ def _loss(backend, cfg, uv, w, Kmat, E, Xtri, tri_ok, root6, aa, transl, log_s, 
     hinge_idx = torch.tensor([j for j, _ in backend.hinges], dtype=torch.long)
     hinge_ax = torch.stack([a for _, a in backend.hinges]).to(dt) if backend.hinges else None
     T = len(Xtri)
-    delta = 0.02  # Huber knee (focal-normalised, ~2.5 px at f = 128): swapped or wrong detections cost linearly
+    delta = cfg.multiview_huber  # focal-normalised: residuals beyond it (wrong detections) cost linearly
 
     def loss_fn():
         R = lf.matrix_from_rot6d(root6)
@@ -177,7 +210,8 @@ def fit_multiview(backend, kp2d: np.ndarray, frame_ok: np.ndarray, Kmat: np.ndar
     uv, w = _targets(kp2d, frame_ok, cfg)
     P = Kmat.astype(np.float64) @ E[..., :3, :].astype(np.float64)
     uv, w, swapped = fix_swaps(uv, w, P)
-    Xtri, tri_ok = triangulate(uv, w, P)
+    thr = cfg.multiview_outlier * (2 * Kmat[..., 0, 2] + 1)  # (V, T) px: a share of the image width
+    Xtri, tri_ok, w = robust_triangulate(uv, w, P, thr) if len(uv) > 2 else (*triangulate(uv, w, P), w)
     params = _init(backend, Xtri, tri_ok, dt)
     loss_fn = _loss(backend, cfg, uv, w, Kmat, E, Xtri, tri_ok, *params)
     fitting._optimise(list(params[:4]), lambda: loss_fn()[0], cfg.optimizer, cfg.multiview_iterations, cfg.lr)
@@ -191,12 +225,18 @@ def fit_multiview(backend, kp2d: np.ndarray, frame_ok: np.ndarray, Kmat: np.ndar
     wb = (torch.as_tensor(w) > 0).to(dt)
     err2d = (r * torch.as_tensor(Kmat[..., 0, 0], dtype=dt)[..., None] * wb).sum(-1) / wb.sum(-1).clamp_min(1)
     fused = ((w > 0).sum(-1) >= 6).sum(0) >= 2
+    # Disagreement between the views, relative to the person's size in each view: predicts the 3D error.
+    seen = w > 0
+    lo, hi = np.where(seen[..., None], uv, np.inf).min(2), np.where(seen[..., None], uv, -np.inf).max(2)
+    size = np.where(seen.any(-1), (hi - lo).max(-1), np.inf).clip(1.0)
+    vw = seen.any(-1)
+    rel = (err2d.numpy() / size * vw).sum(0) / np.maximum(vw.sum(0), 1)
     e3 = np.linalg.norm(J.numpy() - Xtri, axis=-1) * tri_ok
     err3d = e3.sum(1) / np.maximum(tri_ok.sum(1), 1) * 1000  # vs the triangulated keypoints it was fitted to
     return {"root_R": (Rc @ R[None]).numpy(), "fit_points": Jc.numpy(), "err2d_px": err2d.numpy(),
             "body_R": roma.rotvec_to_rotmat(aa.detach()).numpy(), "body_aa": aa.detach().numpy(),
             "scale": torch.exp(log_s).detach().numpy(), "world_points": J.numpy(), "fused": fused,
-            "err3d_mm": err3d.astype(np.float32),
+            "err3d_mm": err3d.astype(np.float32), "residual_rel": rel.astype(np.float32),
             "swapped": swapped}
 
 
@@ -236,8 +276,12 @@ def fuse_groups(items: list, bodies: list, backend, cfg: fitting.FitConfig) -> i
         Es = np.stack([items[i][0]["cameras"][1][:T] for i in usable])
         r = fit_multiview(backend, kp2d, ok, Ks, Es, cfg)
         f = np.nonzero(r["fused"])[0]
+        bad = r["fused"] & (r["residual_rel"] > cfg.multiview_max_residual)
         for v, i in enumerate(usable):
-            b = bodies[i]
+            b, m = bodies[i], items[i][2]
+            # Frames the views disagree on are not supervised (the fused error grows with the disagreement).
+            m["valid"][:T] &= ~bad
+            m["hand_valid"][:T] &= ~bad[:, None]
             keep = b["body_R"][f][:, wrists].copy()
             b["body_R"][f], b["root_R"][f] = r["body_R"][f], r["root_R"][v, f]
             b["body_R"][f[:, None], wrists] = keep
