@@ -102,3 +102,47 @@ def test_triangulation_is_exact_on_clean_views():
     np.testing.assert_allclose(Xh, X, atol=1e-3)
     w[1, 0, 0] = 0.0  # now a single view: flagged
     assert not multiview.triangulate(uv, w, P)[1][0, 0]
+
+
+def test_groups_fused_in_place_with_cameras_from_camera_params(anny):
+    """The labeller's path: cameras from a calibrated capture's camera_params, one group fused in place, the
+    single-view result replaced on the frames both views see; the label key follows the cameras."""
+    import json
+
+    import pandas as pd
+
+    from dimo.labelling import detect, labeller
+
+    T = 6
+    root, aa, transl = _poses(anny, T, seed=5)
+    with torch.no_grad():
+        J = (anny.body_points(root, roma.rotvec_to_rotmat(aa))[:, :len(lf.FIT_KEYPOINTS)] + transl[:, None]).numpy()
+    K, E = _rig(T, azimuths=(30.0, 120.0))
+    kp2d = _project(J, K, E)
+    table = pd.DataFrame({"clip_id": ["a", "b", "c"], "group_id": ["g", "g", "solo"], "num_frames": [T] * 3,
+                          "camera_params": [json.dumps({"K": K[0, 0].tolist(), "extrinsics": E[0, 0].tolist()}),
+                                            json.dumps({"K": K[1, 0].tolist(), "extrinsics": E[1, 0].tolist()}),
+                                            "{}"]})
+    records = table[["clip_id", "num_frames"]].to_dict("records")
+    multiview.attach_cameras(records, table, None)
+    assert "cameras" in records[0] and "cameras" in records[1] and "cameras" not in records[2]
+    np.testing.assert_allclose(records[1]["cameras"][1], E[1])
+    items, bodies = [], []
+    for v in range(2):
+        d = detect.Detections(pose2d=kp2d[v], pose3d=np.zeros((T, 33, 4), np.float32),
+                              hand2d=np.zeros((T, 2, 21, 3), np.float32), hand3d=np.zeros((T, 2, 21, 4), np.float32),
+                              person=np.ones(T, bool), hand_ok=np.zeros((T, 2), bool), extra_hands=np.zeros(T, int),
+                              person_count=np.ones(T, np.int8), blank=np.zeros(T, bool), height=192, width=192)
+        items.append((records[v], d, {"valid": np.ones(T, bool), "hand_valid": np.zeros((T, 2), bool)}))
+        bodies.append({"body_R": np.tile(np.eye(3, dtype=np.float32), (T, 21, 1, 1)),
+                       "root_R": np.tile(np.eye(3, dtype=np.float32), (T, 1, 1)),
+                       "fit_points": np.zeros((T, 31, 3), np.float32), "err2d_px": np.zeros(T, np.float32),
+                       "err3d_mm": np.zeros(T, np.float32), "scale": np.ones(1, np.float32)})
+    assert multiview.fuse_groups(items, bodies, anny, fit.FitConfig()) == 2
+    Jc = np.einsum("ij,tkj->tki", E[1, 0, :3, :3], J)
+    Jc = Jc - 0.5 * (Jc[:, 11] + Jc[:, 12])[:, None]
+    err = np.linalg.norm(bodies[1]["fit_points"][:, :19] - Jc[:, :19], axis=-1).mean() * 1000
+    assert err < 30.0 and bodies[1]["fused"].all(), err  # two views only: a little looser than three
+    key = labeller._fusion_key(records[0])
+    moved = dict(records[0], cameras=(K[0], E[1]))
+    assert key and labeller._fusion_key(moved) != key and labeller._fusion_key(records[2]) == b""

@@ -15,6 +15,7 @@ import itertools
 import json
 
 import numpy as np
+import pandas as pd
 import roma
 import torch
 
@@ -254,6 +255,27 @@ def cameras_from(camera_params: str | dict | None, num_frames: int, gt: dict | N
     return (K, E) if len(K) == len(E) == num_frames else None
 
 
+def attach_cameras(records: list[dict], clips: pd.DataFrame, ground_truth: dict | None) -> None:
+    """Synchronised groups (>= 2 views) get each view's known cameras, from camera_params (calibrated captures)
+    or the synthetic ground truth's K / extrinsics (clip id -> loader), for the multi-view fusion (records are
+    the labeller's clip dicts; they gain group_id, group_members, cameras)."""
+    if not len(clips) or "group_id" not in clips:
+        return
+    members = clips.groupby("group_id")["clip_id"].apply(lambda c: sorted(map(str, c))).to_dict()
+    rows = clips.set_index("clip_id")
+    for r in records:
+        g = rows.at[r["clip_id"], "group_id"]
+        if pd.isna(g) or len(members.get(g, ())) < 2:
+            continue
+        cp = rows.at[r["clip_id"], "camera_params"] if "camera_params" in rows else None
+        gt = (ground_truth or {}).get(r["clip_id"])
+        T = int(r["num_frames"])
+        cams = cameras_from(None if pd.isna(cp) else cp, T) or (
+            cameras_from(None, T, gt()) if gt is not None else None)
+        if cams is not None:
+            r.update(group_id=str(g), group_members=members[g], cameras=cams)
+
+
 def fuse_groups(items: list, bodies: list, backend, cfg: fitting.FitConfig) -> int:
     """Replace, in place, the single-view body fits of every synchronised group with >= 2 usable views and known
     cameras (items: (clip meta with group_id / cameras, detections, masks); bodies: per clip the fit_batch body
@@ -293,4 +315,4 @@ def fuse_groups(items: list, bodies: list, backend, cfg: fitting.FitConfig) -> i
     return n
 
 
-__all__ = ["triangulate", "fix_swaps", "fit_multiview", "cameras_from", "fuse_groups"]
+__all__ = ["triangulate", "fix_swaps", "fit_multiview", "cameras_from", "attach_cameras", "fuse_groups"]

@@ -20,26 +20,6 @@ INDEX_COLUMNS = ["clip_id", "path", "content_hash", "label_path", "cache_hit", "
                  "detect_seconds", "fit_seconds"]
 
 
-def _add_cameras(records: list[dict], clips: pd.DataFrame, ground_truth: dict | None) -> None:
-    """Synchronised groups (>= 2 views) get each view's known cameras, from camera_params (calibrated captures)
-    or the synthetic ground truth's K / extrinsics, for the multi-view fusion."""
-    if not len(clips) or "group_id" not in clips:
-        return
-    members = clips.groupby("group_id")["clip_id"].apply(lambda c: sorted(map(str, c))).to_dict()
-    rows = clips.set_index("clip_id")
-    for r in records:
-        g = rows.at[r["clip_id"], "group_id"]
-        if pd.isna(g) or len(members.get(g, ())) < 2:
-            continue
-        cp = rows.at[r["clip_id"], "camera_params"] if "camera_params" in rows else None
-        gt = (ground_truth or {}).get(r["clip_id"])
-        T = int(r["num_frames"])
-        cams = multiview.cameras_from(None if pd.isna(cp) else cp, T) or (
-            multiview.cameras_from(None, T, gt()) if gt is not None else None)
-        if cams is not None:
-            r.update(group_id=str(g), group_members=members[g], cameras=cams)
-
-
 def label_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
                 store: labeller.LabelStore, params: dict, ground_truth: dict | None = None):
     """Label every validated clip, read through the clip folders by clip id (cache hits are read back); one
@@ -50,7 +30,7 @@ def label_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clip
     clip_table.check_clips([r["clip_id"] for r in records], loaders, "synthetic_clips / ingested_clips")
     for r in records:
         r["load"] = partial(clip_table.load_clip, loaders, r["clip_id"])
-    _add_cameras(records, clips, ground_truth)
+    multiview.attach_cameras(records, clips, ground_truth)
     rows = labeller.label_clips(records, store, params, progress=params.get("progress", True))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS) if rows else pd.DataFrame(columns=INDEX_COLUMNS)
     frames = [pd.DataFrame(labeller.frame_table_rows(r["clip_id"], lf.load_label(r["label_path"]))) for r in rows]
