@@ -46,7 +46,7 @@ class FitConfig:
     hand_iterations: int = 40
     multiview_iterations: int = 150  # LBFGS evaluations of the multi-view fusion (multiview.py)
     multiview_huber: float = 0.02  # Huber knee of the reprojection residual / focal (6 px at f = 300)
-    multiview_max_residual: float = 0.045 # fused frames whose views disagree more (share of person size): invalid
+    multiview_max_residual: float = 0.045  # fused frames whose views disagree more (share of person size): invalid
     multiview_outlier: float = 0.03  # a view's keypoint further than this share of the width is an outlier
     hand_lr: float = 0.05
     w_hand_prior: float = 1e-6
