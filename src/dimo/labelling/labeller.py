@@ -128,6 +128,18 @@ def build_label(clip: dict, d: det.Detections, masks: dict, body: dict | None, h
     return label
 
 
+def _focal(clip: dict, d: det.Detections, cfg: fitting.FitConfig) -> np.ndarray:
+    """(T,) focal in px of a clip: its known intrinsics, else the clip table's focal_px, else the default FOV."""
+    T = len(d.person)
+    K = clip.get("intrinsics")
+    if K is not None and len(K) >= T:
+        return np.asarray(K, np.float64)[:T, 0, 0]
+    f = clip.get("focal_px")
+    if f is not None and np.isfinite(float(f)) and float(f) > 0:
+        return np.full(T, float(f))
+    return np.full(T, 0.5 * d.height / np.tan(np.radians(cfg.default_vfov_deg) / 2))
+
+
 def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitting.FitConfig) -> list[dict]:
     """Fit the bodies and hands of several clips in one optimisation (segments keep them independent)."""
     t0 = time.perf_counter()
@@ -136,10 +148,14 @@ def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitt
     valid = cat(lambda d, m: m["valid"])
     hand_valid = cat(lambda d, m: m["hand_valid"])
     hand3d = cat(lambda d, m: d.hand3d)
+    persp = {}
+    if cfg.perspective:  # per clip: the known focal, the clip table's, or the default field of view
+        persp = {"focal": np.concatenate([_focal(c, d, cfg) for c, d, _ in items]),
+                 "centre": cat(lambda d, m: np.tile([(d.width - 1) / 2, (d.height - 1) / 2], (len(d.person), 1)))}
     body = fitting.fit_body(backend, cat(lambda d, m: d.pose3d), cat(lambda d, m: d.pose2d), valid, seg,
                             hand3d=hand3d, hand_ok=hand_valid,
                             image_size=(max(d.height for _, d, _ in items), max(d.width for _, d, _ in items)),
-                            cfg=cfg) if valid.any() else None
+                            cfg=cfg, **persp) if valid.any() else None
     hands = fitting.fit_hands(backend, hand3d, hand_valid, seg, cfg=cfg) if hand_valid.any() else None
     bodies, hand_fits, start = [], [], 0
     for _, d, _ in items:
@@ -159,12 +175,17 @@ def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitt
 
 
 def _fusion_key(clip: dict) -> bytes:
-    """A fused clip's label also depends on its group's members and cameras."""
+    """A label also depends on the clip's known focal and, when fused, on its group's members and cameras."""
+    own = b""
+    if clip.get("intrinsics") is not None:
+        own += b"K" + np.ascontiguousarray(clip["intrinsics"]).tobytes()
+    if clip.get("focal_px") is not None:
+        own += f"f{float(clip['focal_px']):.4f}".encode()
     if clip.get("cameras") is None or not clip.get("group_id"):
-        return b""
+        return own
     K, E = clip["cameras"]
     members = ",".join(map(str, clip.get("group_members") or ()))
-    head = f"{clip['group_id']}|{members}|".encode()
+    head = own + f"{clip['group_id']}|{members}|".encode()
     return head + np.ascontiguousarray(K).tobytes() + np.ascontiguousarray(E).tobytes()
 
 

@@ -256,23 +256,27 @@ def cameras_from(camera_params: str | dict | None, num_frames: int, gt: dict | N
 
 
 def attach_cameras(records: list[dict], clips: pd.DataFrame, ground_truth: dict | None) -> None:
-    """Synchronised groups (>= 2 views) get each view's known cameras, from camera_params (calibrated captures)
-    or the synthetic ground truth's K / extrinsics (clip id -> loader), for the multi-view fusion (records are
-    the labeller's clip dicts; they gain group_id, group_members, cameras)."""
+    """Each clip's known cameras, from camera_params (calibrated captures) or the synthetic ground truth's K /
+    extrinsics (clip id -> loader): `intrinsics` (T, 3, 3) for the perspective fit, and for synchronised groups
+    (>= 2 views) group_id, group_members, cameras (K, E) for the fusion; `focal_px` from the clip table.
+    Records are the labeller's clip dicts."""
     if not len(clips) or "group_id" not in clips:
         return
     members = clips.groupby("group_id")["clip_id"].apply(lambda c: sorted(map(str, c))).to_dict()
     rows = clips.set_index("clip_id")
     for r in records:
         g = rows.at[r["clip_id"], "group_id"]
-        if pd.isna(g) or len(members.get(g, ())) < 2:
-            continue
+        if "focal_px" in rows and pd.notna(rows.at[r["clip_id"], "focal_px"]):
+            r["focal_px"] = float(rows.at[r["clip_id"], "focal_px"])
         cp = rows.at[r["clip_id"], "camera_params"] if "camera_params" in rows else None
         gt = (ground_truth or {}).get(r["clip_id"])
         T = int(r["num_frames"])
         cams = cameras_from(None if pd.isna(cp) else cp, T) or (
             cameras_from(None, T, gt()) if gt is not None else None)
-        if cams is not None:
+        if cams is None:
+            continue
+        r["intrinsics"] = cams[0]  # the single-view perspective fit's focal
+        if pd.notna(g) and len(members.get(g, ())) >= 2:
             r.update(group_id=str(g), group_members=members[g], cameras=cams)
 
 
