@@ -62,7 +62,7 @@ def main() -> None:
         r["load"] = VideoDataset(filepath=str(ROOT / r["path"])).load
     gt_files = {c: (lambda p=ROOT / p: dict(np.load(p))) for c, p in zip(multi["clip_id"], multi["gt_path"])}
     fused_ids = set(multi["clip_id"])
-    multiview.attach_cameras(rows, clips[clips["clip_id"].isin(fused_ids)], gt_files)
+    multiview.attach_cameras(rows, clips, gt_files)
     frames_total = int(clips["num_frames"].sum())
     backend = make_backend(params)  # loaded once, outside both timings
 

@@ -265,6 +265,8 @@ def attach_cameras(records: list[dict], clips: pd.DataFrame, ground_truth: dict 
     members = clips.groupby("group_id")["clip_id"].apply(lambda c: sorted(map(str, c))).to_dict()
     rows = clips.set_index("clip_id")
     for r in records:
+        if r["clip_id"] not in rows.index:
+            continue
         g = rows.at[r["clip_id"], "group_id"]
         if "focal_px" in rows and pd.notna(rows.at[r["clip_id"], "focal_px"]):
             r["focal_px"] = float(rows.at[r["clip_id"], "focal_px"])
