@@ -269,7 +269,7 @@ def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, 
         H, W = image_size
         c = np.broadcast_to([(W - 1) / 2, (H - 1) / 2], (T, 2)) if centre is None else centre
         persp = {"focal": torch.as_tensor(np.asarray(focal, np.float64), dtype=dt), "scale2d": scale2d,
-                 "centre": torch.as_tensor(np.asarray(c, np.float64), dtype=dt)}
+                 "centre": torch.as_tensor(np.array(c, np.float64), dtype=dt)}
     loss_fn = _body_loss(backend, cfg, X, w, x2d, segment, frame_ok, hand3d, hand_ok, root6, aa, log_s, **persp)
     _optimise([root6, aa, log_s], lambda: loss_fn()[0], cfg.optimizer, cfg.iterations, cfg.lr)
 
