@@ -175,3 +175,19 @@ def test_perspective_single_view_fit_beats_weak_perspective_up_close(anny):
            for n, r in (("weak", weak), ("persp", persp))}
     assert np.median(persp["err2d_px"]) < 0.5 * np.median(weak["err2d_px"]), (persp["err2d_px"], weak["err2d_px"])
     assert err["persp"] < err["weak"], err
+
+
+def test_hand_found_rate_counts_visible_hands_only():
+    from dimo.labelling import accuracy
+
+    T = 4
+    names = [f"{b}.{s}" for s in "LR" for b in ["wrist", *accuracy.MP_HAND_TO_BONE.values()]]
+    uv = np.full((T, len(names), 2), 10.0)
+    uv[2:, :16, 0] = -5.0  # the left hand leaves the image on the last two frames
+    label = lf.make_label(T, "anny", clip_id="c", fps=16, height=32, width=32)
+    label["hand_valid"][:, 1] = [True, False, True, False]
+    label["hand_valid"][3, 0] = True  # a detection where the truth shows no full hand does not count
+    r = accuracy.hand_visibility(label, {"joints_2d": uv}, names, T)
+    assert r == {"hand_visible_frames": 6, "hand_found_frames": 2}
+    s = accuracy.summarise([r | {"frames": T, "valid_frames": 0, "detected_frames": 0}], [0.0], 45)
+    assert s["hand_found_rate"] == 2 / 6
