@@ -215,7 +215,8 @@ def fit_multiview(backend, kp2d: np.ndarray, frame_ok: np.ndarray, Kmat: np.ndar
     Xtri, tri_ok, w = robust_triangulate(uv, w, P, thr) if len(uv) > 2 else (*triangulate(uv, w, P), w)
     params = _init(backend, Xtri, tri_ok, dt)
     loss_fn = _loss(backend, cfg, uv, w, Kmat, E, Xtri, tri_ok, *params)
-    fitting._optimise(list(params[:4]), lambda: loss_fn()[0], cfg.optimizer, cfg.multiview_iterations, cfg.lr)
+    fitting._optimise(list(params[:4]), lambda: loss_fn()[0], cfg.optimizer, cfg.multiview_iterations, cfg.lr,
+                      tolerance_change=cfg.multiview_tolerance)
     root6, aa, _transl, log_s, _ = params
     with torch.no_grad():
         _, J, r = loss_fn()
