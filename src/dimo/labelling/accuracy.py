@@ -60,6 +60,7 @@ def clip_accuracy(label: dict, gt: dict) -> dict:
     # Hands, where the ground truth lists joints by bone name.
     names = [str(n) for n in gt.get("joint_names", [])]
     if names:
+        out.update(hand_visibility(label, gt, names, T))
         hv = label["hand_valid"][:T] & v[:, None]
         e2d, e3d = [], []
         for s, side in enumerate(("L", "R")):
@@ -79,6 +80,23 @@ def clip_accuracy(label: dict, gt: dict) -> dict:
                 e3d += list(np.linalg.norm(f - g, axis=-1).mean(1) * 1000)
         out.update(hand_err_2d_px=e2d, hand_err_3d_mm=e3d)
     return out
+
+
+def hand_visibility(label: dict, gt: dict, names: list[str], T: int) -> dict:
+    """Hands the ground truth shows (wrist + the 15 finger joints projected inside the image) and how many of
+    those the label has (`hand_valid`), over both sides."""
+    H, W = int(label["height"]), int(label["width"])
+    vis = found = 0
+    for s, side in enumerate(("L", "R")):
+        bones = ["wrist", *MP_HAND_TO_BONE.values()]
+        idx = [names.index(f"{b}.{side}") for b in bones if f"{b}.{side}" in names]
+        if len(idx) < len(bones):
+            continue
+        uv = np.asarray(gt["joints_2d"])[:T][:, idx]
+        inside = ((uv[..., 0] >= 0) & (uv[..., 0] <= W - 1) & (uv[..., 1] >= 0) & (uv[..., 1] <= H - 1)).all(1)
+        vis += int(inside.sum())
+        found += int((inside & label["hand_valid"][:T, s]).sum())
+    return {"hand_visible_frames": vis, "hand_found_frames": found}
 
 
 def azimuth_bins(az: np.ndarray, width: float) -> np.ndarray:
@@ -104,6 +122,9 @@ def summarise(per_clip: list[dict], azimuths: list[float], bin_width: float) -> 
         acc[0] += r["detected_frames"]
         acc[1] += r["frames"]
     out["detection_rate_by_azimuth"] = {f"{b:g}": d / max(n, 1) for b, (d, n) in sorted(by_bin.items())}
+    visible = sum(r.get("hand_visible_frames", 0) for r in per_clip)
+    if visible:  # hands found where the ground truth shows them (per hand and frame)
+        out["hand_found_rate"] = sum(r.get("hand_found_frames", 0) for r in per_clip) / visible
     out["clips"] = len(per_clip)
     return out
 

@@ -44,6 +44,14 @@ class FitConfig:
     w_accel: float = 0.1
     min_visibility: float = 0.3
     hand_iterations: int = 40
+    perspective: bool = False  # single-view fit through a perspective camera (else weak perspective)
+    default_vfov_deg: float = 55.0  # its vertical field of view when neither intrinsics nor focal_px are known
+    w_depth: float = 0.01  # perspective fit: pull of the camera depth towards the weak-perspective one
+    multiview_iterations: int = 150  # LBFGS evaluations of the multi-view fusion (multiview.py)
+    multiview_tolerance: float = 1e-6  # the fusion stops early below this loss change (same accuracy, ~1/3 time)
+    multiview_huber: float = 0.02  # Huber knee of the reprojection residual / focal (6 px at f = 300)
+    multiview_max_residual: float = 0.045  # fused frames whose views disagree more (share of person size): invalid
+    multiview_outlier: float = 0.03  # a view's keypoint further than this share of the width is an outlier
     hand_lr: float = 0.05
     w_hand_prior: float = 1e-6
     w_hand_smooth: float = 1e-4
@@ -93,11 +101,39 @@ def _weak_perspective(J: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
     return resid, a, b
 
 
-def _optimise(params, closure_loss, kind: str, iterations: int, lr: float) -> None:
-    """LBFGS (strong-Wolfe line search; `iterations` = function evaluations) or Adam (`iterations` = steps)."""
+def _perspective(J: torch.Tensor, x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, c: torch.Tensor,
+                 w_depth: float) -> torch.Tensor:
+    """Perspective residual with the camera translation solved in closed form per frame (weighted linear least
+    squares on u - c = f (X + t)_xy / (Z + t_z)), its depth pulled towards the weak-perspective depth f / a
+    (`w_depth`: the depth prior). J (B, K, 3) hip-centred model points in camera axes (m), x (B, K, 2) px,
+    w (B, K), f (B,), c (B, 2). Returns the residual (B, K, 2) in metres at the body's depth and t (B, 3)."""
+    u = x - c[:, None]
+    ws = w.sqrt()[..., None]
+    zero = torch.zeros_like(u[..., 0])
+    fk = f[:, None].expand_as(zero)
+    A = torch.stack([torch.stack([fk, zero, -u[..., 0]], -1), torch.stack([zero, fk, -u[..., 1]], -1)], -2)
+    fc = f[:, None]
+    b = torch.stack([u[..., 0] * J[..., 2] - fc * J[..., 0], u[..., 1] * J[..., 2] - fc * J[..., 1]], -1)
+    A, b = (A * ws[..., None]).flatten(1, 2), (b * ws).flatten(1, 2)  # (B, 2K, 3), (B, 2K)
+    with torch.no_grad():
+        _, a, _ = _weak_perspective(J[..., :2], x, w)
+        tz0 = f / a.clamp_min(1e-6)
+    lam = w_depth * f ** 2 * w.sum(1).clamp_min(1e-6)
+    ez = torch.tensor([0.0, 0.0, 1.0], dtype=J.dtype)
+    AtA = A.transpose(1, 2) @ A + lam[:, None, None] * torch.outer(ez, ez)
+    Atb = (A.transpose(1, 2) @ b[..., None])[..., 0] + (lam * tz0)[:, None] * ez
+    t = torch.linalg.solve(AtA + 1e-9 * torch.eye(3, dtype=J.dtype), Atb)
+    P = J + t[:, None]
+    proj = f[:, None, None] * P[..., :2] / P[..., 2:].clamp_min(1e-3)
+    return (proj - u) * (t[:, 2] / f)[:, None, None], t
+
+
+def _optimise(params, closure_loss, kind: str, iterations: int, lr: float, tolerance_change: float = 1e-12) -> None:
+    """LBFGS (strong-Wolfe line search; `iterations` = function evaluations, fewer once a step changes the loss by
+    less than `tolerance_change`) or Adam (`iterations` = steps)."""
     if kind == "lbfgs":
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iterations, max_eval=iterations, history_size=20,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=tolerance_change)
 
         def closure():
             opt.zero_grad(set_to_none=True)
@@ -159,7 +195,7 @@ def _body_init(backend, X: torch.Tensor, frame_ok: np.ndarray, segment: np.ndarr
 
 
 def _body_loss(backend, cfg: FitConfig, X, w, x2d, segment: np.ndarray, frame_ok: np.ndarray, hand3d, hand_ok,
-               root6, aa, log_s):
+               root6, aa, log_s, focal=None, centre=None, scale2d=1.0):
     """The fit's objective as a closure -> (loss, hip-centred fitted keypoints J (T, K, 3))."""
     T, K, dt = len(X), len(lf.FIT_KEYPOINTS), backend.dtype
     # Hand anchors: knuckle offsets from the wrist, as the hand detector sees them.
@@ -185,7 +221,10 @@ def _body_loss(backend, cfg: FitConfig, X, w, x2d, segment: np.ndarray, frame_ok
         J = J - 0.5 * (J[:, L_HIP] + J[:, R_HIP])[:, None]
         e3 = ((J - X) ** 2).sum(-1)
         loss = cfg.w_3d * (w * e3).sum() / n_obs
-        if cfg.w_2d > 0:
+        if cfg.w_2d > 0 and focal is not None:  # perspective: pixels and the focal in pixels
+            resid, _ = _perspective(J, x2d * scale2d, w, focal, centre, cfg.w_depth)
+            loss = loss + cfg.w_2d * (w * (resid ** 2).sum(-1)).sum() / n_obs
+        elif cfg.w_2d > 0:
             resid, _, _ = _weak_perspective(J[..., :2], x2d, w)
             loss = loss + cfg.w_2d * (w * (resid ** 2).sum(-1)).sum() / n_obs
         if use_anchor:
@@ -212,10 +251,13 @@ def _body_loss(backend, cfg: FitConfig, X, w, x2d, segment: np.ndarray, frame_ok
 
 def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, segment: np.ndarray | None = None,
              hand3d: np.ndarray | None = None, hand_ok: np.ndarray | None = None, image_size=(1, 1),
-             cfg: FitConfig | None = None) -> dict[str, np.ndarray]:
+             cfg: FitConfig | None = None, focal: np.ndarray | None = None,
+             centre: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """kp3d (T, 33, 4) world landmarks + visibility, kp2d (T, 33, 3) pixels + visibility, frame_ok (T,),
     segment (T,) clip index of each frame (smoothness and scale stay within a clip), hand3d (T, 2, 21, 4)
-    and hand_ok (T, 2) for the wrist anchors. Returns numpy arrays (see keys at the end)."""
+    and hand_ok (T, 2) for the wrist anchors; focal (T,) px: a perspective camera (principal point at the
+    image centre, or centre (T, 2) px) with a depth prior, else weak perspective. Returns numpy arrays (see keys at
+    the end)."""
     cfg = cfg or FitConfig()
     torch.set_num_threads(max(1, cfg.threads))
     T = len(kp3d)
@@ -224,7 +266,13 @@ def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, 
     dt = backend.dtype
     X, w, x2d, scale2d = _body_targets(kp3d, kp2d, frame_ok, image_size, cfg, dt)
     root6, aa, log_s = _body_init(backend, X, frame_ok, segment, n_seg, dt)
-    loss_fn = _body_loss(backend, cfg, X, w, x2d, segment, frame_ok, hand3d, hand_ok, root6, aa, log_s)
+    persp = {}
+    if focal is not None:
+        H, W = image_size
+        c = np.broadcast_to([(W - 1) / 2, (H - 1) / 2], (T, 2)) if centre is None else centre
+        persp = {"focal": torch.as_tensor(np.asarray(focal, np.float64), dtype=dt), "scale2d": scale2d,
+                 "centre": torch.as_tensor(np.array(c, np.float64), dtype=dt)}
+    loss_fn = _body_loss(backend, cfg, X, w, x2d, segment, frame_ok, hand3d, hand_ok, root6, aa, log_s, **persp)
     _optimise([root6, aa, log_s], lambda: loss_fn()[0], cfg.optimizer, cfg.iterations, cfg.lr)
 
     with torch.no_grad():
@@ -235,6 +283,10 @@ def fit_body(backend, kp3d: np.ndarray, kp2d: np.ndarray, frame_ok: np.ndarray, 
         err3d = (e3 * wb).sum(1) / wb.sum(1).clamp_min(1)
         resid, a, b = _weak_perspective(J[..., :2], x2d, w)
         err2d = (resid.norm(dim=-1) * a[:, None] * scale2d * wb).sum(1) / wb.sum(1).clamp_min(1)
+        if persp:
+            rp, t = _perspective(J, x2d * scale2d, w, persp["focal"], persp["centre"], cfg.w_depth)
+            px = rp.norm(dim=-1) * (persp["focal"] / t[:, 2].clamp_min(1e-3))[:, None]
+            err2d = (px * wb).sum(1) / wb.sum(1).clamp_min(1)
         scale = torch.exp(log_s)
     return {
         "root_R": R.numpy(), "body_R": roma.rotvec_to_rotmat(aa.detach()).numpy(), "body_aa": aa.detach().numpy(),

@@ -22,6 +22,7 @@ from dimo import video_io
 from dimo.labelling import detect as det
 from dimo.labelling import fit as fitting
 from dimo.labelling import label_format as lf
+from dimo.labelling import multiview
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,12 @@ log = logging.getLogger(__name__)
 HASHED_PARAMS = ("body_model", "anny_phenotype", "smplx", "detect", "fit", "gates_per_frame")
 
 
-def content_hash(params: dict, encoded: bytes | None = None, frames: np.ndarray | None = None) -> str:
+def content_hash(params: dict, encoded: bytes | None = None, frames: np.ndarray | None = None,
+                 extra: bytes = b"") -> str:
     """Key of a clip's label: its file's bytes (`encoded`) or, for frames made in memory, their pixels; and the
-    label params."""
+    label params; `extra`: what else the label depends on (a fused group's members and cameras)."""
     h = hashlib.sha256()
+    h.update(extra)
     if encoded is not None:
         h.update(encoded)
     else:
@@ -125,6 +128,18 @@ def build_label(clip: dict, d: det.Detections, masks: dict, body: dict | None, h
     return label
 
 
+def _focal(clip: dict, d: det.Detections, cfg: fitting.FitConfig) -> np.ndarray:
+    """(T,) focal in px of a clip: its known intrinsics, else the clip table's focal_px, else the default FOV."""
+    T = len(d.person)
+    K = clip.get("intrinsics")
+    if K is not None and len(K) >= T:
+        return np.asarray(K, np.float64)[:T, 0, 0]
+    f = clip.get("focal_px")
+    if f is not None and np.isfinite(float(f)) and float(f) > 0:
+        return np.full(T, float(f))
+    return np.full(T, 0.5 * d.height / np.tan(np.radians(cfg.default_vfov_deg) / 2))
+
+
 def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitting.FitConfig) -> list[dict]:
     """Fit the bodies and hands of several clips in one optimisation (segments keep them independent)."""
     t0 = time.perf_counter()
@@ -133,41 +148,62 @@ def fit_batch(items: list[tuple[dict, det.Detections, dict]], backend, cfg: fitt
     valid = cat(lambda d, m: m["valid"])
     hand_valid = cat(lambda d, m: m["hand_valid"])
     hand3d = cat(lambda d, m: d.hand3d)
+    persp = {}
+    if cfg.perspective:  # per clip: the known focal, the clip table's, or the default field of view
+        persp = {"focal": np.concatenate([_focal(c, d, cfg) for c, d, _ in items]),
+                 "centre": cat(lambda d, m: np.tile([(d.width - 1) / 2, (d.height - 1) / 2], (len(d.person), 1)))}
     body = fitting.fit_body(backend, cat(lambda d, m: d.pose3d), cat(lambda d, m: d.pose2d), valid, seg,
                             hand3d=hand3d, hand_ok=hand_valid,
                             image_size=(max(d.height for _, d, _ in items), max(d.width for _, d, _ in items)),
-                            cfg=cfg) if valid.any() else None
+                            cfg=cfg, **persp) if valid.any() else None
     hands = fitting.fit_hands(backend, hand3d, hand_valid, seg, cfg=cfg) if hand_valid.any() else None
-    labels, start = [], 0
-    for i, (clip, d, m) in enumerate(items):
-        T = len(d.person)
-        sl = slice(start, start + T)
-        b = {k: (v[sl] if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
-             for k, v in body.items()} if body is not None else None
-        h = {k: (v[sl] if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
-             for k, v in hands.items()} if hands is not None else None
-        labels.append(build_label(clip, d, m, b, h, backend, i))
-        start += T
+    bodies, hand_fits, start = [], [], 0
+    for _, d, _ in items:
+        sl = slice(start, start + len(d.person))
+        bodies.append({k: (v[sl].copy() if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
+                       for k, v in body.items()} if body is not None else None)
+        hand_fits.append({k: (v[sl] if isinstance(v, np.ndarray) and v.shape[:1] == (len(seg),) else v)
+                          for k, v in hands.items()} if hands is not None else None)
+        start += len(d.person)
+    # Synchronised views with known cameras: one body fitted to all views replaces the single-view fits.
+    multiview.fuse_groups(items, bodies, backend, cfg)
+    labels = [build_label(clip, d, m, bodies[i], hand_fits[i], backend, i) for i, (clip, d, m) in enumerate(items)]
     dt = (time.perf_counter() - t0) / max(len(items), 1)
     for lab in labels:
         lab["fit_seconds"] = np.float64(dt)
     return labels
 
 
+def _fusion_key(clip: dict) -> bytes:
+    """A label also depends on the clip's known focal and, when fused, on its group's members and cameras."""
+    own = b""
+    if clip.get("intrinsics") is not None:
+        own += b"K" + np.ascontiguousarray(clip["intrinsics"]).tobytes()
+    if clip.get("focal_px") is not None:
+        own += f"f{float(clip['focal_px']):.4f}".encode()
+    if clip.get("cameras") is None or not clip.get("group_id"):
+        return own
+    K, E = clip["cameras"]
+    members = ",".join(map(str, clip.get("group_members") or ()))
+    head = own + f"{clip['group_id']}|{members}|".encode()
+    return head + np.ascontiguousarray(K).tobytes() + np.ascontiguousarray(E).tobytes()
+
+
 def _frames_and_key(clip: dict, params: dict) -> tuple[np.ndarray, str]:
     """A clip's frames and label key: `frames` in memory (keyed by pixels) or `load()` -> Video (keyed by the
     file's bytes). A clip that cannot be read is labelled as empty (every frame invalid)."""
+    extra = _fusion_key(clip)
     if clip.get("frames") is not None:
-        return clip["frames"], content_hash(params, frames=clip["frames"])
+        return clip["frames"], content_hash(params, frames=clip["frames"], extra=extra)
     try:
         video = clip["load"]()
     except (video_io.VideoReadError, FileNotFoundError) as err:
         log.warning("pseudo_label: %s cannot be read (%s): labelled as empty", clip["clip_id"], err)
         frames = np.zeros((int(clip.get("num_frames") or 1), 16, 16, 3), np.uint8)
-        return frames, content_hash(params, frames=frames)
+        return frames, content_hash(params, frames=frames, extra=extra)
     if video.encoded is None:
-        return video.frames, content_hash(params, frames=video.frames)
-    return video.frames, content_hash(params, encoded=video.encoded)
+        return video.frames, content_hash(params, frames=video.frames, extra=extra)
+    return video.frames, content_hash(params, encoded=video.encoded, extra=extra)
 
 
 class _DetectAndFit:
@@ -192,8 +228,11 @@ class _DetectAndFit:
         d = self.detector.detect(frames)
         self.detect_s[i] = time.perf_counter() - t0
         meta = {k: v for k, v in clip.items() if k not in ("frames", "load")}
+        # A full batch is sent off before a clip of another group, so synchronised views are fitted together.
+        if len(self.batch) >= self.batch_n and self.batch[-1][1][0].get("group_id") != meta.get("group_id"):
+            self.flush()
         self.batch.append((i, ({**meta, "fps": float(clip.get("fps") or 0.0)}, d, frame_masks(d, self.gates))))
-        if len(self.batch) >= self.batch_n:
+        if len(self.batch) >= self.batch_n and not meta.get("group_id"):
             self.flush()
         self.collect(block=False)
 

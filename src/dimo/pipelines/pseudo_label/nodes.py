@@ -9,7 +9,7 @@ from functools import partial
 import pandas as pd
 
 from dimo import clip_table
-from dimo.labelling import accuracy, labeller, quality
+from dimo.labelling import accuracy, labeller, multiview, quality
 from dimo.labelling import label_format as lf
 
 log = logging.getLogger(__name__)
@@ -21,14 +21,16 @@ INDEX_COLUMNS = ["clip_id", "path", "content_hash", "label_path", "cache_hit", "
 
 
 def label_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
-                store: labeller.LabelStore, params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+                store: labeller.LabelStore, params: dict, ground_truth: dict | None = None):
     """Label every validated clip, read through the clip folders by clip id (cache hits are read back); one
-    index row per clip and one row per frame. A clip id no folder holds is an error naming it."""
+    index row per clip and one row per frame. A clip id no folder holds is an error naming it. Groups of
+    synchronised views with known cameras (`synthetic_ground_truth` or camera_params) are fitted jointly."""
     loaders = clip_table.clip_loaders(synthetic_clips, ingested_clips)
     records = clips[["clip_id", "path", "fps", "num_frames"]].to_dict("records") if len(clips) else []
     clip_table.check_clips([r["clip_id"] for r in records], loaders, "synthetic_clips / ingested_clips")
     for r in records:
         r["load"] = partial(clip_table.load_clip, loaders, r["clip_id"])
+    multiview.attach_cameras(records, clips, ground_truth)
     rows = labeller.label_clips(records, store, params, progress=params.get("progress", True))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS) if rows else pd.DataFrame(columns=INDEX_COLUMNS)
     frames = [pd.DataFrame(labeller.frame_table_rows(r["clip_id"], lf.load_label(r["label_path"]))) for r in rows]
@@ -79,7 +81,8 @@ def evaluate_label_accuracy(clips: pd.DataFrame, index: pd.DataFrame, ground_tru
     ground_truth = ground_truth or {}
     syn = clips[(clips.get("source") == "synthetic") & clips["gt_path"].notna()] if len(clips) else clips
     syn = syn.merge(index[["clip_id", "label_path"]], on="clip_id") if len(syn) else syn
-    per_clip, az = [], []
+    per_clip, az, views = [], [], []
+    sizes = clips.groupby("group_id").size().to_dict() if len(clips) and "group_id" in clips else {}
     backend = make_backend(params) if len(syn) else None
     for _, row in syn.iterrows():
         if row["clip_id"] not in ground_truth:
@@ -92,9 +95,20 @@ def evaluate_label_accuracy(clips: pd.DataFrame, index: pd.DataFrame, ground_tru
             label["fit_hand_points"] = labeller.fitted_hand_points(backend, label)[0]
         per_clip.append(accuracy.clip_accuracy(label, gt))
         az.append(float(row["azimuth_deg"]) if "azimuth_deg" in row and pd.notna(row["azimuth_deg"]) else 0.0)
-    summary = accuracy.summarise(per_clip, az, float(cfg.get("azimuth_bin_deg", 45)))
+        views.append("multi_view" if sizes.get(row["group_id"], 1) > 1 else "single_view")
+    width = float(cfg.get("azimuth_bin_deg", 45))
+    summary = accuracy.summarise(per_clip, az, width)
+    # Synchronised groups (fused) and lone views, apart: the two regimes have different accuracy.
+    for kind in ("multi_view", "single_view"):
+        part = [i for i, v in enumerate(views) if v == kind]
+        if part:
+            sub = accuracy.summarise([per_clip[i] for i in part], [az[i] for i in part], width)
+            summary[kind] = {k: v for k, v in sub.items() if isinstance(v, (int, float))}
     metrics = {f"label_acc_{k}": {"value": float(v), "step": 0} for k, v in summary.items()
                if isinstance(v, (int, float))}
+    for kind in ("multi_view", "single_view"):
+        metrics.update({f"label_acc_{kind}_{k}": {"value": float(v), "step": 0}
+                        for k, v in summary.get(kind, {}).items()})
     for b, v in summary.get("detection_rate_by_azimuth", {}).items():
         metrics[f"label_acc_detection_rate_az{b}"] = {"value": float(v), "step": 0}
     if not per_clip:

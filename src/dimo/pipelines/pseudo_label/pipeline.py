@@ -7,7 +7,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(label_clips, ["validated_clip_table", "synthetic_clips", "ingested_clips", "pseudo_label_store",
-                               "params:pseudo_label"],
+                               "params:pseudo_label", "synthetic_ground_truth"],
                  ["pseudo_label_index", "pseudo_label_frames"], name="label_clips"),
             # The quarantine is saved before the gate node runs, so its reasons can always be read.
             Node(gate_labels, ["pseudo_label_index", "pseudo_label_frames", "params:pseudo_label"],
