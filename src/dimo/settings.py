@@ -2,9 +2,10 @@
 
 from kedro.config import OmegaConfigLoader
 
-from dimo.hooks import PreflightHooks, ProjectHooks
+from dimo import tracking
+from dimo.hooks import PreflightHooks, ProjectHooks, TrackingHooks
 
-HOOKS = (PreflightHooks(), ProjectHooks())
+HOOKS = (PreflightHooks(), ProjectHooks(), TrackingHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -13,4 +14,6 @@ CONFIG_LOADER_ARGS = {
     # parameters_<pipeline>.yml files are picked up by the default "parameters*" pattern;
     # mlflow.yml is read by kedro-mlflow.
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+    # ${tracking_uri:<default>} in mlflow.yml: MLFLOW_TRACKING_URI when set (a shared server), else the default
+    "custom_resolvers": {"tracking_uri": tracking.tracking_uri},
 }
