@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 DIR=$(mkdir -p "${DIMO_SERVER_DIR:-.cache/mlflow-server}" && cd "${DIMO_SERVER_DIR:-.cache/mlflow-server}" && pwd)
 PGDATA="$DIR/pgdata"
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)  # Debian's layout
-[ -n "$PGBIN" ] || PGBIN=$(dirname "$(command -v pg_ctl 2>/dev/null || echo /nonexistent/pg_ctl)")
+PGBIN=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)  # Debian's layout, the newest version
+[ -x "$PGBIN/pg_ctl" ] || PGBIN=$(dirname "$(command -v pg_ctl 2>/dev/null || echo /nonexistent/pg_ctl)")
 
 die() { echo "scripts/mlflow_server.sh: $*" >&2; exit 2; }
 

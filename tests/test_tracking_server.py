@@ -86,14 +86,15 @@ def test_the_smoke_chain_tracks_registers_and_serves_champion_through_the_server
 
 
 @pytest.mark.slow
-def test_an_unreachable_server_stops_the_run_before_it_trains(chain_on_server):
+def test_an_unreachable_server_stops_the_run_before_it_trains(chain_on_server, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    out = run_cli(["kedro", "run", "--env=smoke", "--pipelines=train_stage1"], cwd=chain_on_server,
+    out = run_cli(["kedro", "run", "--env=smoke", "--pipelines=train_stage1",
+                   f"--params=training.checkpoint_dir={tmp_path / 'checkpoints'}"], cwd=chain_on_server,
                   env={"MLFLOW_TRACKING_URI": dead}, timeout=300)
     assert out.returncode == 2, out.stderr[-3000:]
     lines = [x for x in out.stderr.splitlines() if "tracking server" in x]
     assert len(lines) == 1 and dead in lines[0] and "unreachable" in lines[0], out.stderr[-3000:]
-    assert not (chain_on_server / "data/06_models/checkpoints/stage1").exists()
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained
 
 
 @pytest.mark.slow
