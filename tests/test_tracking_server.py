@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from dimo import tracking
+from dimo import inference, tracking
 from tests.conftest import VENV_BIN, run_cli
 from tests.tracking_server import TrackingServer, free_port, pickle_audit
 
@@ -61,6 +61,14 @@ def test_the_uri_comes_from_the_environment_and_unreachable_servers_are_named(mo
     assert tracking.tracking_uri() == "http://127.0.0.1:1"
     assert tracking.unreachable("sqlite:///mlflow.db") is None
     assert "refused" in tracking.unreachable(f"http://127.0.0.1:{free_port()}").lower()
+
+    previous = mlflow.get_tracking_uri()
+    try:
+        dead = f"http://127.0.0.1:{free_port()}"
+        with pytest.raises(inference.InferenceError, match=rf"^{dead}: the MLflow tracking server is unreachable"):
+            inference.load("models:/dimo@champion", device="cpu", tracking_uri=dead)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 @pytest.mark.slow

@@ -104,11 +104,13 @@ class TrackingHooks:
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context) -> None:
+        from kedro.config import MissingConfigException
+
         from dimo import tracking
 
         try:
             self._uri = context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"]
-        except (KeyError, TypeError, ValueError):  # no mlflow.yml: kedro-mlflow reports that itself
+        except (KeyError, TypeError, MissingConfigException):  # no mlflow.yml: kedro-mlflow reports that itself
             self._uri = None
             return
         reason = tracking.unreachable(str(self._uri))
