@@ -40,9 +40,9 @@ class TrackingServer:
     def start(self, timeout: float = 180) -> None:
         env = {**os.environ, "DIMO_SERVER_DIR": str(self.dir), "PORT": str(self.port)}
         env.pop("MLFLOW_TRACKING_URI", None)
-        log = open(self.dir / "server.log", "ab")  # noqa: SIM115 (the server writes it while it runs)
-        self.proc = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # its own process group: killed as one
+        with open(self.dir / "server.log", "ab") as log:  # the child keeps its own handle
+            self.proc = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # its own process group: killed as one
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
