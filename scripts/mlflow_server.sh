@@ -7,8 +7,8 @@
 # Settings (environment):
 #   DIMO_SERVER_DIR   state folder: PostgreSQL's data dir, logs, default artifacts (default: .cache/mlflow-server)
 #   PORT              the MLflow server's port (default 5000); PG_PORT: PostgreSQL's (default: a free one)
-#   ARTIFACTS         artifact root: a local folder (default $DIMO_SERVER_DIR/artifacts) or any fsspec/S3 URL
-#                     (s3://bucket/dimo, gs://..., needs that store's client library and credentials)
+#   ARTIFACTS         artifact root: a local folder (default $DIMO_SERVER_DIR/artifacts) or an object-store URL
+#                     (s3://bucket/dimo, gs://..., wasbs://...: needs that store's client library and credentials)
 #   BACKEND_STORE_URI an existing database (postgresql+psycopg://user:pw@host/db): no local PostgreSQL is started
 #   WORKERS           server worker processes (default 1)
 set -euo pipefail
