@@ -4,8 +4,10 @@ when the server is unreachable at start (exit 2) or dies mid-run (exit 3, checkp
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -107,32 +109,39 @@ def test_an_unreachable_server_stops_the_run_before_it_trains(chain_on_server, t
 
 
 @pytest.mark.slow
-def test_a_server_lost_mid_run_fails_with_one_line_and_keeps_the_checkpoints(server, chain_on_server, tmp_path):
-    """Runs last in this module: it kills the server (then starts it again on the same database)."""
+def test_a_server_lost_mid_run_fails_with_one_line_keeps_the_checkpoints_and_resumes(server, chain_on_server,
+                                                                                     tmp_path):
+    """Runs last in this module: it kills the server, then starts it again on the same database and artifacts."""
     ckpt = tmp_path / "checkpoints"
-    args = ["kedro", "run", "--env=smoke", "--pipelines=train_stage1",
-            f"--params=training.checkpoint_dir={ckpt},training.stages.stage1.steps=400"]
-    env = {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # fail within seconds, not after minutes of retries
-
-    proc = subprocess.Popen([str(VENV_BIN / "kedro"), *args[1:]], cwd=chain_on_server, text=True,
-                            env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [str(VENV_BIN / "kedro"), "run", "--env=smoke", "--pipelines=train_stage1",
+            f"--params=training.checkpoint_dir={ckpt},training.stages.stage1.steps=40"]
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": server.uri}
+    fast_fail = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # not minutes
+    before = mlflow.MlflowClient(tracking_uri=server.uri).get_model_version_by_alias("dimo", "stage1").version
+    proc = subprocess.Popen(args, cwd=chain_on_server, text=True, env={**env, **fast_fail},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 600
         while not (ckpt / "stage1" / "latest").is_file():  # the first complete checkpoint
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-            time.sleep(0.5)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGSTOP)  # training holds still while the server goes: no race with its last step
         server.kill()
+        proc.send_signal(signal.SIGCONT)
         _, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.start()  # the same PostgreSQL database and artifacts: the store is intact
+        server.start()  # the same PostgreSQL database and artifacts
     assert proc.returncode == 3, stderr[-3000:]
     lines = [x for x in stderr.splitlines() if "tracking server" in x]
     assert len(lines) == 1 and "mid-run" in lines[0] and server.uri in lines[0], stderr[-3000:]
     tag = (ckpt / "stage1" / "latest").read_text().strip()
-    assert tag and (ckpt / "stage1" / tag).is_dir() and any((ckpt / "stage1" / tag).iterdir())
-    # the restarted server serves the same registry: nothing tracked before the loss is gone
-    assert mlflow.MlflowClient(tracking_uri=server.uri).get_model_version_by_alias("dimo", "champion").version
+    assert (ckpt / "stage1" / tag).is_dir() and any((ckpt / "stage1" / tag).iterdir())
+
+    again = subprocess.run(args, cwd=chain_on_server, text=True, env=env, capture_output=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((chain_on_server / "data/06_models/stage1_summary.json").read_text())
+    assert summary["resumed_at"] == int(tag.removeprefix("step-")) > 0  # from the kept checkpoint, not step 0
+    after = mlflow.MlflowClient(tracking_uri=server.uri).get_model_version_by_alias("dimo", "stage1").version
+    assert int(after) > int(before)  # registered on the restarted server
