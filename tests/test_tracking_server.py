@@ -114,7 +114,7 @@ def test_a_server_lost_mid_run_fails_with_one_line_keeps_the_checkpoints_and_res
     """Runs last in this module: it kills the server, then starts it again on the same database and artifacts."""
     ckpt = tmp_path / "checkpoints"
     args = [str(VENV_BIN / "kedro"), "run", "--env=smoke", "--pipelines=train_stage1",
-            f"--params=training.checkpoint_dir={ckpt},training.stages.stage1.steps=40"]
+            f"--params=training.checkpoint_dir={ckpt},training.stages.stage1.steps=12"]
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "MLFLOW_TRACKING_URI": server.uri}
     fast_fail = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}  # not minutes
     before = mlflow.MlflowClient(tracking_uri=server.uri).get_model_version_by_alias("dimo", "stage1").version
