@@ -10,5 +10,6 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false GIT_PYTHON_REFRESH=quiet
 export PYOPENGL_PLATFORM=egl
 mkdir -p "$_DIMO_ROOT/.cache"
 export PATH="$_DIMO_ROOT/.venv/bin:$PATH"
-# The project's own MLflow store for the mlflow CLI (`mlflow run`, `mlflow ui`); kedro-mlflow reads conf/base/mlflow.yml.
-export MLFLOW_TRACKING_URI="sqlite:///$_DIMO_ROOT/mlflow.db" MLFLOW_EXPERIMENT_NAME=dimo
+# The project's own MLflow store for the mlflow CLI (`mlflow run`, `mlflow ui`) and kedro-mlflow (conf/base/mlflow.yml),
+# unless MLFLOW_TRACKING_URI already names another store (a team's server: docs/tracking.md), which is kept.
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$_DIMO_ROOT/mlflow.db}" MLFLOW_EXPERIMENT_NAME=dimo

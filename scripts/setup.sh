@@ -11,6 +11,8 @@ DEB_PKGS="libegl1 libgl1-mesa-dri libegl-mesa0 libgl1 libgles2 git openssl"
 DEB_PKGS="$DEB_PKGS chromium tmux"
 # npm fetches mediapipe's lite/heavy pose models (scripts/install_assets.sh); Debian's npm if none is on PATH.
 command -v npm >/dev/null || DEB_PKGS="$DEB_PKGS npm"
+# PostgreSQL: the backend store of the shared tracking server (scripts/mlflow_server.sh, tests/test_tracking_server.py).
+DEB_PKGS="$DEB_PKGS postgresql"
 missing=""
 for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

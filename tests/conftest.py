@@ -24,6 +24,9 @@ os.environ.setdefault("ANNY_CACHE_DIR", str(PROJECT_ROOT / ".cache" / "anny"))
 os.environ.setdefault("WARP_CACHE_PATH", str(PROJECT_ROOT / ".cache" / "warp"))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(PROJECT_ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# Every test picks its own throwaway store: a user's server (MLFLOW_TRACKING_URI, kept by scripts/env.sh) gets no
+# test runs, and kedro runs in project copies use their own sqlite:///mlflow.db (conf/base/mlflow.yml's default).
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def moving_frames(n: int, height: int = 72, width: int = 96, seed: int = 0, kind: str = "moving") -> np.ndarray:

@@ -195,3 +195,59 @@ class StageRunCloseHooks:
     @hook_impl(tryfirst=True)
     def before_node_run(self, node, catalog, inputs, is_async, run_id=None) -> None:
         _STAGE_RUNS.close()
+
+
+class TrackingHooks:
+    """A shared MLflow server (`MLFLOW_TRACKING_URI`, docs/tracking.md) must answer. Unreachable when the run starts:
+    one line, exit 2, before kedro-mlflow opens a run or anything trains. Gone mid-run (a node fails and the server
+    no longer answers): one line, exit 3; the stage's checkpoints already on disk stay, and the same command resumes
+    from them once the server is back. Failing, not buffering: a run whose metrics, models and registry aliases never
+    reached the store would have to be replayed by hand, while a resumed stage loses at most `checkpoint_every` steps.
+    `DIMO_TRACEBACK=1` raises `TrackingError` instead."""
+
+    def __init__(self):
+        self._uri: str | None = None
+
+    @staticmethod
+    def _fail(code: int, line: str) -> None:
+        import os
+        import sys
+
+        from dimo import tracking
+
+        tracking.give_up_on_server()
+        if os.environ.get("DIMO_TRACEBACK"):
+            raise TrackingError(line)
+        print(line, file=sys.stderr, flush=True)
+        raise SystemExit(code)
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        from kedro.config import MissingConfigException
+
+        from dimo import tracking
+
+        try:
+            self._uri = context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"]
+        except (KeyError, TypeError, MissingConfigException):  # no mlflow.yml: kedro-mlflow reports that itself
+            self._uri = None
+            return
+        reason = tracking.unreachable(str(self._uri))
+        if reason:
+            self._fail(2, f"MLflow tracking server {self._uri} is unreachable ({reason}): start it "
+                          "(bash scripts/mlflow_server.sh) or unset MLFLOW_TRACKING_URI for the local sqlite store; "
+                          "nothing ran")
+
+    @hook_impl(tryfirst=True)
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        from dimo import tracking
+
+        reason = tracking.unreachable(str(self._uri)) if self._uri else None
+        if reason:
+            self._fail(3, f"MLflow tracking server {self._uri} became unreachable mid-run ({reason}; the node "
+                          f"failed with {type(error).__name__}): checkpoints written so far are kept, run the same "
+                          "command again once the server is back to resume")
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be reached (raised instead of exiting under `DIMO_TRACEBACK=1`)."""

@@ -45,9 +45,14 @@ def model_folder(model: str, tracking_uri: str | None = None) -> Path:
             warnings.simplefilter("ignore", UserWarning)
             from dimo.training import registry
 
+        from dimo import tracking
+
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
-        uri = mlflow.get_tracking_uri()
+        uri = mlflow.get_tracking_uri()  # else MLFLOW_TRACKING_URI, else ./mlflow.db: as dimo.tracking says
+        if reason := tracking.unreachable(uri):
+            raise InferenceError(f"{uri}: the MLflow tracking server is unreachable ({one_line(reason)}), so no "
+                                 f"{model}; start it or pass another --tracking-uri")
         store = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
         if store and store != ":memory:" and not Path(store).is_file():  # MLflow would create an empty store
             raise InferenceError(f"{store}: no MLflow store there, so no {model}; pass --tracking-uri (or set "

@@ -3,9 +3,9 @@
 `champion` is not set by training: `gate_champion` (called by the evaluate pipeline) moves it to a scored stage-3
 model when it scores at least as well as the current champion on the configured metric.
 
-A registered version is an MLflow pyfunc model whose artifacts are the diffusers-style folders: the 3DiMo
-model (safetensors + config per part), the latent codec, and the text-encoder spec. Stages find their starting
-point by alias (`models:/dimo@stage1`), never by a path guess.
+A registered version is an MLflow pyfunc model logged as code (`registry_model.py`, no pickle) whose artifacts are
+the diffusers-style folders: the 3DiMo model (safetensors + config per part), the latent codec, and the
+text-encoder spec. Stages find their starting point by alias (`models:/dimo@stage1`), never by a path guess.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import mlflow.pyfunc
+import mlflow.pyfunc  # noqa: F401 (mlflow.pyfunc.log_model)
 from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
@@ -26,28 +26,8 @@ log = logging.getLogger(__name__)
 CACHE_DIR = Path(".cache") / "registry"
 
 
-class DimoPyfunc(mlflow.pyfunc.PythonModel):
-    """`mlflow.pyfunc.load_model("models:/dimo@champion")`: the model, its codec and its text encoder."""
-
-    def load_context(self, context) -> None:
-        from dimo.models import DimoModel, LatentCodec
-
-        self.model = DimoModel.from_pretrained(context.artifacts["dimo"]).eval()
-        self.codec = LatentCodec.from_pretrained(context.artifacts["codec"], subfolder="vae").eval()
-        self.text_spec = json.loads(Path(context.artifacts["text_encoder"]).read_text())
-
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would try to validate dicts
-        """model_input: {"reference_image": (1,3,H,W) [-1,1], "driving_frames": (1,T,3,h,w) [-1,1],
-        "prompt": str, optional "hand_keypoints"}; returns the generated video (1,3,T,H,W) in [-1, 1]."""
-        from dimo.models.text_encoder import from_spec
-
-        params = params or {}
-        emb, mask = from_spec(self.text_spec).encode([model_input["prompt"]])
-        return self.model.generate(self.codec, model_input["reference_image"], model_input["driving_frames"], emb,
-                                   mask, hand_keypoints=model_input.get("hand_keypoints"),
-                                   num_steps=int(params.get("num_steps", 20)),
-                                   guidance_text=float(params.get("guidance_text", 1.0)),
-                                   guidance_motion=float(params.get("guidance_motion", 1.0)))
+# The pyfunc model's code, logged as a file (models-from-code): a version holds no pickle (registry_model.py).
+MODEL_CODE = Path(__file__).with_name("registry_model.py")
 
 
 def register(model, codec, text_spec: dict, name: str, aliases: list[str], tags: dict | None = None) -> dict:
@@ -57,7 +37,7 @@ def register(model, codec, text_spec: dict, name: str, aliases: list[str], tags:
         codec.vae.save_pretrained(f"{tmp}/codec/vae")
         Path(f"{tmp}/text_encoder.json").write_text(json.dumps(text_spec))
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=DimoPyfunc(),
+            name="model", python_model=str(MODEL_CODE),
             artifacts={"dimo": f"{tmp}/dimo", "codec": f"{tmp}/codec", "text_encoder": f"{tmp}/text_encoder.json"},
             pip_requirements=["dimo"],  # the project package; skips MLflow's slow dependency inference
             registered_model_name=name)
