@@ -3,8 +3,14 @@
 from kedro.config import OmegaConfigLoader
 
 from dimo import tracking
-from dimo.hooks import (PreflightHooks, ProjectHooks, StageRunCloseHooks, StageRunOpenHooks, TrackingHooks,
-                        VideoPreviewHooks)
+from dimo.hooks import (
+                        PreflightHooks,
+                        ProjectHooks,
+                        StageRunCloseHooks,
+                        StageRunOpenHooks,
+                        TrackingHooks,
+                        VideoPreviewHooks,
+)
 
 HOOKS = (PreflightHooks(), ProjectHooks(), TrackingHooks(), VideoPreviewHooks(), StageRunOpenHooks(),
          StageRunCloseHooks())
