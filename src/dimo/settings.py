@@ -4,12 +4,12 @@ from kedro.config import OmegaConfigLoader
 
 from dimo import tracking
 from dimo.hooks import (
-                        PreflightHooks,
-                        ProjectHooks,
-                        StageRunCloseHooks,
-                        StageRunOpenHooks,
-                        TrackingHooks,
-                        VideoPreviewHooks,
+    PreflightHooks,
+    ProjectHooks,
+    StageRunCloseHooks,
+    StageRunOpenHooks,
+    TrackingHooks,
+    VideoPreviewHooks,
 )
 
 HOOKS = (PreflightHooks(), ProjectHooks(), TrackingHooks(), VideoPreviewHooks(), StageRunOpenHooks(),
