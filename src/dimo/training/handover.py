@@ -15,9 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
-from dimo.models.dimo_model import CONFIG_NAME
-
 DVC_MD5_TAG = "dvc_md5"
+CONFIG_NAME = "dimo_config.json"  # dimo.models.dimo_model.CONFIG_NAME (not imported: the preflight stays torch-free)
 ASSEMBLED_DIR = Path(".cache") / "handover"  # inference's folder layout (dimo/, codec/, text_encoder.json)
 
 
