@@ -32,7 +32,7 @@ def merged(conf_source: str | Path = "conf", env: str | None = None) -> dict:
 
 
 def render(conf_source: str | Path = "conf", env: str | None = None) -> str:
-    return HEADER.format(env=env or "") + yaml.safe_dump(merged(conf_source, env), sort_keys=False, width=120)
+    return HEADER.format(env=env or "") + yaml.safe_dump(merged(conf_source, env), sort_keys=True, width=120)  # file order varies
 
 
 def write(out: str | Path = OUT, conf_source: str | Path = "conf", env: str | None = None) -> bool:
