@@ -32,7 +32,8 @@ def merged(conf_source: str | Path = "conf", env: str | None = None) -> dict:
 
 
 def render(conf_source: str | Path = "conf", env: str | None = None) -> str:
-    return HEADER.format(env=env or "") + yaml.safe_dump(merged(conf_source, env), sort_keys=True, width=120)  # file order varies
+    # keys sorted: Kedro's merged order follows the files' listing order, which varies between checkouts
+    return HEADER.format(env=env or "") + yaml.safe_dump(merged(conf_source, env), sort_keys=True, width=120)
 
 
 def write(out: str | Path = OUT, conf_source: str | Path = "conf", env: str | None = None) -> bool:
