@@ -69,7 +69,8 @@ def test_dvc_repro_reruns_only_what_changed(project_copy, write_clip):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert all(f"Running stage '{s}'" in first.stdout for s in ("synthesize_views", "ingest", "validate"))
     second = run_cli(["dvc", "repro", "validate"], cwd=project_copy, env=env)
-    assert second.returncode == 0 and "Running stage" not in second.stdout
+    # only dvc_params, which writes the environment's parameters (unchanged) for the others, runs every time
+    assert second.returncode == 0 and re.findall(r"Running stage '(\w+)'", second.stdout) == ["dvc_params"]
     # A validate-only parameter change reruns validate, not ingest.
     params = project_copy / "conf/base/parameters_validate.yml"
     params.write_text(params.read_text().replace("min_frames: 5", "min_frames: 9"))
