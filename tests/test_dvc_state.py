@@ -125,7 +125,7 @@ def test_a_fresh_clone_pulls_the_stage_models_and_evaluates_without_the_mlflow_s
     pd.testing.assert_frame_equal(pd.read_csv(clone / table), pd.read_csv(origin / table))
     generation = json.loads((clone / "data/07_model_output/evaluate/generation.json").read_text())
     assert generation["model_version"] is None  # scored from the folder: this clone's registry is empty
-    assert Path(generation["loaded_from"]).resolve() == (clone / ".cache/handover/stage3").resolve()
+    assert (clone / generation["loaded_from"]).resolve() == (clone / ".cache/handover/stage3").resolve()
 
 
 @pytest.mark.slow
