@@ -5,6 +5,7 @@ The remote is a local folder through fsspec (an S3 or DVC remote goes through th
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 
 import fsspec
@@ -52,6 +53,10 @@ def test_a_second_clone_resumes_from_the_remote_to_the_uninterrupted_weights(sto
     assert (remote / "stage1" / "latest").read_text() == "step-00000002"  # the finished stage uploaded its last
 
 
+RECORD = {"stage": "stage1", "starting_model": {"init": "scratch"}, "global_step_offset": 0, "parameters": "p",
+          "data": "d"}
+
+
 def _fake_checkpoint(folder, tag: str) -> None:
     (folder / tag).mkdir(parents=True)
     (folder / tag / "mp_rank_00_model_states.pt").write_bytes(tag.encode() * 100)
@@ -61,7 +66,7 @@ def _fake_checkpoint(folder, tag: str) -> None:
 def test_a_half_written_upload_is_never_latest(tmp_path, monkeypatch):
     local, remote = tmp_path / "ckpt" / "stage1", tmp_path / "remote"
     local.mkdir(parents=True)
-    (local / checkpoints.RESUME_RECORD).write_text('{"stage": "stage1"}')
+    (local / checkpoints.RESUME_RECORD).write_text(json.dumps(RECORD))
     _fake_checkpoint(local, "step-00000001")
     checkpoints.upload(local, str(remote), "step-00000001")
     _fake_checkpoint(local, "step-00000002")
@@ -82,11 +87,14 @@ def test_a_half_written_upload_is_never_latest(tmp_path, monkeypatch):
     assert len(calls) == 2 and "step-00000002" in calls[0]  # step 2 was partly written...
     assert (remote / "stage1" / "latest").read_text() == "step-00000001"  # ... and latest stays on step 1
 
+    other_run = tmp_path / "clone_c" / "stage1"  # another run's checkpoint on the remote is not fetched
+    assert checkpoints.fetch_remote(other_run, str(remote), {**RECORD, "parameters": "changed"}) is None
+    assert not other_run.exists()
     fresh = tmp_path / "clone_b" / "stage1"
-    assert checkpoints.fetch_remote(fresh, str(remote)) == "step-00000001"
+    assert checkpoints.fetch_remote(fresh, str(remote), RECORD) == "step-00000001"
     assert checkpoints.latest_tag(fresh) == "step-00000001"
     assert (fresh / "step-00000001" / "mp_rank_00_model_states.pt").read_bytes() == b"step-00000001" * 100
-    assert (fresh / checkpoints.RESUME_RECORD).read_text() == '{"stage": "stage1"}'
+    assert json.loads((fresh / checkpoints.RESUME_RECORD).read_text()) == RECORD
     assert not (fresh / "step-00000002").exists()
     assert checkpoints.fetch_remote(fresh, str(remote)) is None  # a local checkpoint wins: nothing fetched
 

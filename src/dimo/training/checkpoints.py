@@ -259,19 +259,22 @@ def upload(checkpoint_dir: str | Path, remote: str, tag: str, keep: int = 2) -> 
     return f"{base}/{tag}"
 
 
-def fetch_remote(checkpoint_dir: str | Path, remote: str | None) -> str | None:
-    """When the local folder has no checkpoint and the remote has one (a lost machine's): download the remote's
-    `latest` tag and its resume record, then write the local `latest`. Returns the tag fetched, or None."""
+def fetch_remote(checkpoint_dir: str | Path, remote: str | None, record: dict | None = None) -> str | None:
+    """When the local folder has no checkpoint and the remote has one (a lost machine's) of this run (`record`, see
+    `resume_record`; None: any): download the remote's `latest` tag and its resume record, then write the local
+    `latest`. Returns the tag fetched, or None. Another run's remote checkpoint is left alone (this run's
+    uploads replace it), so a stale one never blocks a fresh start."""
     checkpoint_dir = Path(checkpoint_dir)
     if not remote or latest_tag(checkpoint_dir) is not None:
         return None
     fs, base = _remote(remote, checkpoint_dir)
     try:
         tag = fs.cat_file(f"{base}/{LATEST}").decode().strip()
+        theirs = json.loads(fs.cat_file(f"{base}/{tag}/{RESUME_RECORD}"))
     except FileNotFoundError:
         return None
-    if not fs.isdir(f"{base}/{tag}"):
-        raise FileNotFoundError(f"{base}/{LATEST} names {tag}, which is not there: the remote was pruned by hand")
+    if record is not None and _what_changed(theirs, record):
+        return None
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=checkpoint_dir, prefix=".fetch-") as tmp:
         fs.get(f"{base}/{tag}", f"{tmp}/{tag}", recursive=True)
@@ -282,3 +285,11 @@ def fetch_remote(checkpoint_dir: str | Path, remote: str | None) -> str | None:
             pass
     _atomic_write(checkpoint_dir / LATEST, tag)
     return tag
+
+
+def remove_remote(checkpoint_dir: str | Path, remote: str | None) -> None:
+    """Drop the stage's remote checkpoints (with the local ones, once its weights are saved and registered)."""
+    if remote:
+        fs, base = _remote(remote, Path(checkpoint_dir))
+        if fs.exists(base):
+            fs.rm(base, recursive=True)

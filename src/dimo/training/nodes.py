@@ -102,7 +102,7 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
     start = handover.resolve_init(stage_params["init"], params["stages"], params.get("stage_models"))
     record = checkpoints.resume_record(stage, params, train_pairs, checkpoints.starting_model(start))
     ckpt_dir = Path(params["checkpoint_dir"]) / stage
-    if fetched := checkpoints.fetch_remote(ckpt_dir, params.get("checkpoint_remote")):  # a lost machine's
+    if fetched := checkpoints.fetch_remote(ckpt_dir, params.get("checkpoint_remote"), record):  # a lost machine's
         log.info("%s: no local checkpoint; fetched %s from %s", stage, fetched, params["checkpoint_remote"])
     checkpoints.check_resumable(ckpt_dir, record, rank=int(os.environ.get("RANK", "0")))
     model = build_model(stage, params, manifest)
@@ -138,6 +138,7 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
     stats = train_stage(model, batches, settings, ckpt_dir, on_log=on_log, on_eval=on_eval)
     if not params.get("keep_checkpoints", False) and int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # final weights are saved and registered next
+        checkpoints.remove_remote(ckpt_dir, params.get("checkpoint_remote"))
     summary = {"stage": stage, "steps": settings.steps, "resumed_at": stats["start_step"],
                "final_losses": stats["final_losses"], "samples_per_s": stats["samples_per_s"],
                "train_pairs": {k: int(v) for k, v in train_pairs["kind"].value_counts().items()},
