@@ -99,8 +99,7 @@ def model_problem(uri: str, params: dict) -> tuple[str, str] | None:
 
     from dimo.training import handover, registry
 
-    if handover.stage_folder(uri, _param(params, "training.stages") or {},
-                             _param(params, "training.stage_models") or "") is not None:
+    if handover.stage_folder(uri, _param(params, "training") or {}) is not None:
         return None  # the stage's DVC-tracked folder holds it
     try:
         tags = registry.resolve(uri)["tags"]

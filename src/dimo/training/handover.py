@@ -20,26 +20,31 @@ CONFIG_NAME = "dimo_config.json"  # dimo.models.dimo_model.CONFIG_NAME (not impo
 ASSEMBLED_DIR = Path(".cache") / "handover"  # inference's folder layout (dimo/, codec/, text_encoder.json)
 
 
-def stage_of(uri: str, stages: dict) -> str | None:
-    """The stage whose `aliases` include the alias `uri` names (`models:/<name>@<alias>`), or None."""
+def stage_of(uri: str, training: dict) -> str | None:
+    """The stage whose `aliases` include the alias `uri` names, when `uri` is `models:/<registered_model_name>@<alias>`
+    of these training parameters (an ablation variant's or the study's own names are not the chain's), else None."""
     if not isinstance(uri, str) or not uri.startswith("models:/") or "@" not in uri:
         return None
-    alias = uri.rsplit("@", 1)[1]
+    name, alias = uri.removeprefix("models:/").rsplit("@", 1)
+    if name != training.get("registered_model_name"):
+        return None
+    stages = training.get("stages") or {}
     return next((key for key, spec in stages.items() if spec and alias in (spec.get("aliases") or [])), None)
 
 
-def stage_folder(uri: str, stages: dict, models_dir: str | Path) -> Path | None:
-    """`<models_dir>/<stage>` when `uri` is a stage's alias and that folder holds a saved model, else None."""
-    stage = stage_of(uri, stages)
+def stage_folder(uri: str, training: dict) -> Path | None:
+    """`<training.stage_models>/<stage>` when `uri` is a stage's alias (`stage_of`) and that folder holds a saved
+    model, else None (also when `stage_models` is unset: no handover)."""
+    stage = stage_of(uri, training) if training.get("stage_models") else None
     if stage is None:
         return None
-    folder = Path(models_dir) / stage
+    folder = Path(training["stage_models"]) / stage
     return folder if (folder / CONFIG_NAME).is_file() else None
 
 
-def resolve_init(uri: str, stages: dict, models_dir: str | Path | None) -> str:
+def resolve_init(uri: str, training: dict) -> str:
     """What to load for `uri`: the stage folder when there is one (`stage_folder`), else `uri` unchanged."""
-    folder = stage_folder(uri, stages, models_dir) if models_dir else None
+    folder = stage_folder(uri, training)
     return str(folder) if folder is not None else uri
 
 

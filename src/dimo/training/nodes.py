@@ -99,7 +99,7 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
         raise ValueError(f"{stage}: training_pairs has no train pairs for this stage (run preprocess first)")
     # The starting model pinned (registry version, or a weights hash) before anything loads: a checkpoint of a
     # run that started elsewhere (an earlier stage trained again since) is refused here, not resumed.
-    start = handover.resolve_init(stage_params["init"], params["stages"], params.get("stage_models"))
+    start = handover.resolve_init(stage_params["init"], params)
     record = checkpoints.resume_record(stage, params, train_pairs, checkpoints.starting_model(start))
     ckpt_dir = Path(params["checkpoint_dir"]) / stage
     if fetched := checkpoints.fetch_remote(ckpt_dir, params.get("checkpoint_remote"), record):  # a lost machine's

@@ -61,8 +61,7 @@ def _model_source(model_uri: str, manifest: dict | None, training: dict | None) 
     """(what to load, the registered version scored or None). A stage's alias is read from its DVC-tracked folder
     (training/handover.py), and counts as that version only when the version's `dvc_md5` is the folder's; any
     other alias is pinned to the version it points at now, so the gate later judges exactly the version scored."""
-    training = training or {}
-    folder = handover.stage_folder(model_uri, training.get("stages") or {}, training.get("stage_models") or "")
+    folder = handover.stage_folder(model_uri, training or {})
     if folder is None or manifest is None:
         version = registry.resolve(model_uri)["uri"] if model_uri.startswith("models:/") else None
         return version or model_uri, version
