@@ -101,7 +101,8 @@ def test_dvc_builds_what_is_upstream_of_stage3(fresh):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     stages = re.findall(r'^"([^"]+)";$', out.stdout, flags=re.M)
     edges = set(re.findall(r'^"([^"]+)" -> "([^"]+)";$', out.stdout, flags=re.M))
-    assert stages == ["synthesize_views", "ingest", "validate", "pseudo_label", "preprocess", "pretrain_generator",
+    assert stages == ["dvc_params",  # the environment's parameters first (src/dimo/dvc_params.py)
+                      "synthesize_views", "ingest", "validate", "pseudo_label", "preprocess", "pretrain_generator",
                       "train_stage1", "train_stage2", "train_stage3"]
     chain = [("preprocess", "pretrain_generator"), ("pretrain_generator", "train_stage1"),
              ("train_stage1", "train_stage2"), ("train_stage2", "train_stage3")]

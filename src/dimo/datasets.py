@@ -274,6 +274,15 @@ class OptionalYAMLDataset(_NoneWhenMissing, _YAMLFile):
 class OptionalPartitionedDataset(_NoneWhenMissing, PartitionedDataset):
     """A folder of partitions that may be missing or empty (no user videos, no synthetic clips yet)."""
 
+    KEEP = ".keep"  # saved empty, the folder still exists with this file: DVC deps on it, DVC keeps no empty folder
+
+    def save(self, data: dict) -> None:
+        super().save(data or {})
+        folder = self._normalized_path.rstrip("/")
+        self._filesystem.makedirs(folder, exist_ok=True)
+        self._filesystem.touch(f"{folder}/{self.KEEP}")
+        self._invalidate_caches()
+
     def _exists(self) -> bool:
         self._invalidate_caches()  # list afresh: another node or process may have written partitions since
         return super()._exists()

@@ -97,8 +97,10 @@ def model_problem(uri: str, params: dict) -> tuple[str, str] | None:
         return None if Path(uri).is_dir() else (f"model folder {uri}", "no such folder")
     import mlflow
 
-    from dimo.training import registry
+    from dimo.training import handover, registry
 
+    if handover.stage_folder(uri, _param(params, "training") or {}) is not None:
+        return None  # the stage's DVC-tracked folder holds it
     try:
         tags = registry.resolve(uri)["tags"]
     except LookupError:

@@ -129,10 +129,11 @@ def stage_logger(metric: str) -> Callable[[int, str, dict], None]:
 def stage1_start(training: dict, storage: StudyStorage) -> tuple[str, str]:
     """(init for the proxy's stage 1, a description). A registry alias is fetched once, under the lock, so
     parallel workers do not download into the same cache folder at once; every trial then starts from it."""
-    init = training["stages"]["stage1"]["init"]
+    from dimo.training import handover, registry
+
+    init = handover.resolve_init(training["stages"]["stage1"]["init"], training)  # the chain's folder, if any
     if not init.startswith("models:/"):
         return init, init
-    from dimo.training import registry
 
     with sweep_study.locked(storage.lock_path):
         folder = registry.download(init) / "dimo"

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -208,3 +209,87 @@ def check_resumable(checkpoint_dir: str | Path, record: dict, rank: int = 0) -> 
     if rank == 0:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(marker, json.dumps(record, indent=1, sort_keys=True))
+
+
+# ------------------------------------------------------------------ checkpoints on remote storage
+# `training.checkpoint_remote` (a DVC remote name or an fsspec URL) holds `<stage>/step-<n>/` (the checkpoint with
+# its resume record), and `<stage>/latest`. A tag is uploaded under a temporary name and renamed into place, and
+# `latest` is rewritten only after that: an upload cut off by a lost machine is never `latest`.
+REMOTE_SUBDIR = "checkpoints"  # beside DVC's cache objects when the remote is a DVC remote
+
+
+def remote_url(remote: str) -> str:
+    """An fsspec URL or a path as is; a DVC remote name -> `<its url>/checkpoints` (from the DVC config)."""
+    if "://" in remote or "/" in remote or remote.startswith("."):
+        return remote
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        remotes = repo.config["remote"]
+    if remote not in remotes:
+        raise ValueError(f"training.checkpoint_remote: {remote!r} is neither a URL nor a DVC remote "
+                         f"(DVC remotes here: {sorted(remotes) or 'none'})")
+    return f"{remotes[remote]['url'].rstrip('/')}/{REMOTE_SUBDIR}"
+
+
+def _remote(remote: str, checkpoint_dir: Path):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(remote_url(remote))
+    return fs, f"{root.rstrip('/')}/{checkpoint_dir.name}"
+
+
+def upload(checkpoint_dir: str | Path, remote: str, tag: str, keep: int = 2) -> str:
+    """Copy checkpoint `tag` (and the resume record) to the remote; `latest` there moves to it last."""
+    checkpoint_dir = Path(checkpoint_dir)
+    fs, base = _remote(remote, checkpoint_dir)
+    fs.makedirs(base, exist_ok=True)
+    part = f"{base}/.part-{tag}-{uuid.uuid4().hex[:8]}"
+    fs.put(str(checkpoint_dir / tag), part, recursive=True)
+    fs.put_file(str(checkpoint_dir / RESUME_RECORD), f"{part}/{RESUME_RECORD}")
+    if fs.exists(f"{base}/{tag}"):  # an earlier upload of the same step (a resumed run)
+        fs.rm(f"{base}/{tag}", recursive=True)
+    fs.mv(part, f"{base}/{tag}", recursive=True)
+    pointer = f"{base}/.latest-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(pointer, tag.encode())
+    fs.mv(pointer, f"{base}/{LATEST}")
+    tags = sorted(p.rsplit("/", 1)[1] for p in fs.ls(base, detail=False) if p.rsplit("/", 1)[1].startswith("step-"))
+    for old in [t for t in tags if t != tag][: max(len(tags) - keep, 0)]:
+        fs.rm(f"{base}/{old}", recursive=True)
+    return f"{base}/{tag}"
+
+
+def fetch_remote(checkpoint_dir: str | Path, remote: str | None, record: dict | None = None) -> str | None:
+    """When the local folder has no checkpoint and the remote has one (a lost machine's) of this run (`record`, see
+    `resume_record`; None: any): download the remote's `latest` tag and its resume record, then write the local
+    `latest`. Returns the tag fetched, or None. Another run's remote checkpoint is left alone (this run's
+    uploads replace it), so a stale one never blocks a fresh start."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not remote or latest_tag(checkpoint_dir) is not None:
+        return None
+    fs, base = _remote(remote, checkpoint_dir)
+    try:
+        tag = fs.cat_file(f"{base}/{LATEST}").decode().strip()
+        theirs = json.loads(fs.cat_file(f"{base}/{tag}/{RESUME_RECORD}"))
+    except FileNotFoundError:
+        return None
+    if record is not None and _what_changed(theirs, record):
+        return None
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=checkpoint_dir, prefix=".fetch-") as tmp:
+        fs.get(f"{base}/{tag}", f"{tmp}/{tag}", recursive=True)
+        os.replace(f"{tmp}/{tag}/{RESUME_RECORD}", checkpoint_dir / RESUME_RECORD)
+        try:
+            os.rename(f"{tmp}/{tag}", checkpoint_dir / tag)
+        except OSError:  # another rank on this node fetched it first
+            pass
+    _atomic_write(checkpoint_dir / LATEST, tag)
+    return tag
+
+
+def remove_remote(checkpoint_dir: str | Path, remote: str | None) -> None:
+    """Drop the stage's remote checkpoints (with the local ones, once its weights are saved and registered)."""
+    if remote:
+        fs, base = _remote(remote, Path(checkpoint_dir))
+        if fs.exists(base):
+            fs.rm(base, recursive=True)

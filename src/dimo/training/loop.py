@@ -46,6 +46,8 @@ class StageSettings:
     deepspeed_config: dict = field(default_factory=dict)
     precision: str = "auto"  # auto: the DeepSpeed json's bf16 on GPU, fp32 on CPU | bf16 | fp32 (any device)
     loader: LoaderSettings = field(default_factory=LoaderSettings)  # workers, prefetch, pinning: not the batches
+    checkpoint_remote: str | None = None  # a DVC remote name or fsspec URL: checkpoints copied there
+    checkpoint_remote_every: int = 1  # every N-th checkpoint (and the last) is copied
 
 
 def init_distributed() -> tuple[int, int]:
@@ -140,6 +142,7 @@ def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSet
     samples_per_step = settings.global_batch
     t_start, losses = time.perf_counter(), {}
     loader = data_loader.micro_batches(batches, rank, start, settings.steps, settings.loader, engine.device)
+    saved = 0  # checkpoints written by this run (every checkpoint_remote_every-th is uploaded)
     for step in range(start, settings.steps):
         global_step = settings.global_step_offset + step
         totals: dict[str, float] = {}
@@ -159,7 +162,11 @@ def train_stage(model: torch.nn.Module, batches: PairBatches, settings: StageSet
             rate = (done - start) * samples_per_step / max(elapsed, 1e-9)
             on_log(global_step, {**totals, "samples_per_s": rate})
         if done % settings.checkpoint_every == 0 or done == settings.steps:
-            checkpoints.save(engine, checkpoint_dir, done, {"stage_step": done, "global_step": global_step + 1})
+            tag = checkpoints.save(engine, checkpoint_dir, done, {"stage_step": done, "global_step": global_step + 1})
+            saved += 1
+            if rank == 0 and settings.checkpoint_remote and (saved % settings.checkpoint_remote_every == 0
+                                                             or done == settings.steps):
+                checkpoints.upload(checkpoint_dir, settings.checkpoint_remote, tag)
         if rank == 0 and on_eval and settings.eval_every and done % settings.eval_every == 0 and done < settings.steps:
             on_eval(global_step, engine.module)
     bar.close()

@@ -10,7 +10,7 @@ import torch
 
 from dimo.models import DimoModel, configs, lora
 from dimo.models.schedules import AnnealSchedule
-from dimo.training import registry
+from dimo.training import handover, registry
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def build_model(stage: str, params: dict, manifest: dict) -> DimoModel:
     if init.startswith("wan:"):
         cfg = configs.get(spec["config"], variant=spec["variant"], **spec.get("overrides", {}))
         return DimoModel.from_stock_pretrained(cfg, init.removeprefix("wan:"))
-    model = registry.load_model(init)
+    model = registry.load_model(handover.resolve_init(init, params))
     got = (model.config.name, model.config.variant)
     if got[0] == spec["config"] and got[1] != spec["variant"] and spec.get("transfer_from_other_variant", False):
         return transfer_weights(model, build_fresh(spec, manifest))  # ablations start from the same base

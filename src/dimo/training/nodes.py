@@ -23,7 +23,7 @@ import pandas as pd
 
 from dimo import video_io
 from dimo.models import DimoModel
-from dimo.training import checkpoints, registry, stages
+from dimo.training import checkpoints, handover, registry, stages
 from dimo.training.batches import PairBatches
 from dimo.training.data_loader import LoaderSettings
 from dimo.training.loop import StageSettings, train_stage
@@ -99,8 +99,11 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
         raise ValueError(f"{stage}: training_pairs has no train pairs for this stage (run preprocess first)")
     # The starting model pinned (registry version, or a weights hash) before anything loads: a checkpoint of a
     # run that started elsewhere (an earlier stage trained again since) is refused here, not resumed.
-    record = checkpoints.resume_record(stage, params, train_pairs, checkpoints.starting_model(stage_params["init"]))
+    start = handover.resolve_init(stage_params["init"], params)
+    record = checkpoints.resume_record(stage, params, train_pairs, checkpoints.starting_model(start))
     ckpt_dir = Path(params["checkpoint_dir"]) / stage
+    if fetched := checkpoints.fetch_remote(ckpt_dir, params.get("checkpoint_remote"), record):  # a lost machine's
+        log.info("%s: no local checkpoint; fetched %s from %s", stage, fetched, params["checkpoint_remote"])
     checkpoints.check_resumable(ckpt_dir, record, rank=int(os.environ.get("RANK", "0")))
     model = build_model(stage, params, manifest)
     configure_for_stage(model, stage_params, params)
@@ -111,7 +114,9 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
         global_batch=batch_cfg["global"], micro_batch=batch_cfg["micro"], lr=stage_params.get("lr", params["lr"]),
         seed=params["seed"], checkpoint_every=params["checkpoint_every"], log_every=params["log_every"],
         eval_every=params["eval_every"], deepspeed_config=deepspeed_config,
-        precision=params.get("precision", "auto"), loader=LoaderSettings.from_params(params.get("loader")))
+        precision=params.get("precision", "auto"), loader=LoaderSettings.from_params(params.get("loader")),
+        checkpoint_remote=params.get("checkpoint_remote"),
+        checkpoint_remote_every=int(params.get("checkpoint_remote_every", 1)))
     batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"],
                           keep_clips=settings.loader.keep_clips)
 
@@ -133,6 +138,7 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
     stats = train_stage(model, batches, settings, ckpt_dir, on_log=on_log, on_eval=on_eval)
     if not params.get("keep_checkpoints", False) and int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # final weights are saved and registered next
+        checkpoints.remove_remote(ckpt_dir, params.get("checkpoint_remote"))
     summary = {"stage": stage, "steps": settings.steps, "resumed_at": stats["start_step"],
                "final_losses": stats["final_losses"], "samples_per_s": stats["samples_per_s"],
                "train_pairs": {k: int(v) for k, v in train_pairs["kind"].value_counts().items()},
@@ -157,4 +163,7 @@ def register_stage(stage: str, model: DimoModel, codec, manifest: dict, summary:
         return model.record()
     aliases = list(params["stages"][stage]["aliases"])
     tags = {"stage": stage, "config": model.config.name, "variant": model.config.variant, "steps": summary["steps"]}
+    folder = Path(params.get("stage_models") or "") / stage
+    if params.get("stage_models") and folder.is_dir():  # the DVC output this version is (training/handover.py)
+        tags[handover.DVC_MD5_TAG] = handover.dvc_md5(folder)
     return registry.register(model, codec, manifest["text_encoder"], params["registered_model_name"], aliases, tags)

@@ -19,6 +19,7 @@ from dimo.evaluation import benchmark, registry
 from dimo.evaluation.common import MetricUnavailable
 from dimo.inference import Options
 from dimo.models import configs
+from dimo.training import handover
 from dimo.training.stages import PAPER_STAGES, run_chain
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def variant_params(name: str, training: dict, ablation: dict) -> dict:
     params["registered_model_name"] = f"{ablation['registered_model_prefix']}-{name}"
     params["checkpoint_dir"] = f"{ablation['checkpoint_dir']}/{name}"
     params["sample_steps"] = 0  # no sample grids: the benchmark videos are the samples
-    previous = ablation["base"]
+    params["stage_models"] = None  # its stages are not the chain's folders; the shared base may be (handover)
+    previous = handover.resolve_init(ablation["base"], training)
     for stage in PAPER_STAGES:
         st = params["stages"][stage]
         st["steps"] = max(1, round(st["steps"] * ablation["steps_scale"]))

@@ -24,7 +24,7 @@ from dimo.datasets import Video
 from dimo.evaluation import benchmark
 from dimo.evaluation import registry as metric_registry
 from dimo.evaluation.common import MetricUnavailable
-from dimo.training import registry
+from dimo.training import handover, registry
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,36 @@ def _check_champion_gate(params: dict) -> None:
                          f"(kinds {params['kinds']}, e.g. 'cross_view' or 'cross_view / moving camera')")
 
 
+def _model_source(model_uri: str, manifest: dict | None, training: dict | None) -> tuple[str, str | None]:
+    """(what to load, the registered version scored or None). A stage's alias is read from its DVC-tracked folder
+    (training/handover.py), and counts as that version only when the version's `dvc_md5` is the folder's; any
+    other alias is pinned to the version it points at now, so the gate later judges exactly the version scored."""
+    folder = handover.stage_folder(model_uri, training or {})
+    if folder is None or manifest is None:
+        version = registry.resolve(model_uri)["uri"] if model_uri.startswith("models:/") else None
+        return version or model_uri, version
+    source = str(handover.assemble(folder, folder.parent / "codec", manifest["text_encoder"]))
+    try:
+        registered = registry.resolve(model_uri)
+    except LookupError:
+        log.info("evaluate: %s is not in this registry: scoring %s, no champion gate", model_uri, folder)
+        return source, None
+    if registered["tags"].get(handover.DVC_MD5_TAG) != handover.dvc_md5(folder):
+        log.info("evaluate: %s in the registry is not the model in %s: scoring the folder, no champion gate",
+                 model_uri, folder)
+        return source, None
+    return source, registered["uri"]
+
+
 def generate_benchmark(pairs: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
-                       registration: dict | None, params: dict) -> tuple[dict, dict, Video, dict]:
-    """Generate every pair with the registered model: videos, side-by-side videos, a montage, timing."""
+                       registration: dict | None, params: dict, manifest: dict | None = None,
+                       training: dict | None = None) -> tuple[dict, dict, Video, dict]:
+    """Generate every pair with the model `evaluate.model` names: videos, side-by-side videos, a montage, timing.
+    `manifest` and `training` (the preprocess manifest, the training parameters) let a stage's alias be read
+    from the stage's folder."""
     model_uri = params["model"]
-    # an alias is pinned to the version it points at now: the gate later judges exactly the version scored
-    version = registry.resolve(model_uri)["uri"] if model_uri.startswith("models:/") else None
-    dimo = inference.load(version or model_uri, device=params.get("device", "cpu"))
+    source, version = _model_source(model_uri, manifest, training)
+    dimo = inference.load(source, device=params.get("device", "cpu"))
     opts = inference.Options.from_sampling(params["sampling"], progress=False)
     t0 = time.perf_counter()
     generated = benchmark.generate(dimo, pairs, opts)
@@ -77,7 +100,8 @@ def generate_benchmark(pairs: pd.DataFrame, synthetic_clips: dict | None, ingest
         driving = benchmark.read_clip(r.driving_clip_id, r.driving_path, None if r.kind == "external" else clips)
         sbs[r.pair_id] = benchmark.side_by_side(reference, driving, generated[r.pair_id], target)
     montage = _montage([sbs[p] for p in pairs["pair_id"][: params["montage_pairs"]]])
-    info = {"model": model_uri, "model_version": version, "registration": registration, "pairs": len(pairs),
+    info = {"model": model_uri, "model_version": version, "loaded_from": source, "registration": registration,
+            "pairs": len(pairs),
             "frames": frames, "seconds": seconds, "frames_per_s": frames / max(seconds, 1e-9),
             "sampling": params["sampling"]}
     log.info("evaluate: generated %d videos (%d frames) in %.1f s, %.2f frames/s", len(pairs), frames, seconds,
@@ -118,8 +142,8 @@ def score_benchmark(pairs: pd.DataFrame, generated: dict, synthetic_clips: dict 
     if params.get("codec_reference", True):
         from dimo.models import LatentCodec
 
-        codec = LatentCodec.from_pretrained(str(inference.model_folder(generation["model"]) / "codec"),
-                                            subfolder="vae")
+        loaded = generation.get("loaded_from") or generation["model"]
+        codec = LatentCodec.from_pretrained(str(inference.model_folder(loaded) / "codec"), subfolder="vae")
         codec_row = benchmark.codec_reference(pairs, codec, params["metrics"], weights, clips=clips)
         table = pd.concat([table, pd.DataFrame([{"benchmark": "codec reconstruction (VAE only)", **codec_row}])],
                           ignore_index=True)

@@ -10,9 +10,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "benchmark_pairs", name="select_benchmark"),
             # Target (and driving) clips are read from the clip partitions by clip id. stage3_registration only
             # orders evaluate after training in the default chain; the model is evaluate.model (a registry alias,
-            # by default the newest stage-3 model: the champion's candidate).
+            # by default the newest stage-3 model: the champion's candidate), read from the stage's folder
+            # (training/handover.py: the manifest and training parameters say where and with which text encoder).
             Node(generate_benchmark, ["benchmark_pairs", "synthetic_clips", "ingested_clips", "stage3_registration",
-                                      "params:evaluate"],
+                                      "params:evaluate", "preprocess_manifest", "params:training"],
                  ["benchmark_videos", "benchmark_side_by_side", "benchmark_montage", "benchmark_generation"],
                  name="generate_benchmark", tags=["starts_from.evaluate.model"]),  # dimo.preflight checks it
             Node(score_benchmark, ["benchmark_pairs", "benchmark_videos", "synthetic_clips", "ingested_clips",
