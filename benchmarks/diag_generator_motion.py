@@ -77,6 +77,8 @@ def main() -> None:
                     help="the mismatched driver: the same person's other motion (only motion changes) or any other")
     ap.add_argument("--geo-targets", choices=["labels", "gt_pose"], default="labels",
                     help="for --tokens encoder: the geometric decoder learns the pseudo-labels or the true pose")
+    ap.add_argument("--no-augment", action="store_true",
+                    help="for --tokens encoder: driving frames without the perspective/appearance augmentation")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,7 +103,8 @@ def main() -> None:
                           generator=args.generator)
     else:
         decoder = {"n_body_joints": train[0]["pose_targets"].shape[1] // 6, "num_hands": 0} if gt_pose else {}
-        cfg = configs.get(args.config, args.variant, generator=args.generator, geometric_decoder=decoder)
+        cfg = configs.get(args.config, args.variant, generator=args.generator, geometric_decoder=decoder,
+                          augment={"enabled": False} if args.no_augment else {})
     model = DimoModel(cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
