@@ -60,7 +60,10 @@ def write_clip():
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a project command (kedro, dvc, mlflow) from the venv, in `cwd`."""
-    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    # MLFLOW_TRACKING_URI only when the test names it: mlflow.set_tracking_uri (tests call it to read a project's
+    # store) also exports it, and a kedro run would then log to that other project's store
+    inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     exe = shutil.which(args[0], path=full_env["PATH"])
     return subprocess.run([exe, *args[1:]], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
@@ -118,9 +121,10 @@ def smoke_chain(tmp_path_factory) -> Path:
 def _no_mlflow_experiment_between_tests(monkeypatch):
     """`mlflow.set_experiment` (kedro-mlflow calls it in-process) leaves the experiment id in MLFLOW_EXPERIMENT_ID
     and in a module global: a later test on another store would then look for an experiment that is not there."""
-    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(var, raising=False)
     yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri exported it: not for the next test's runs
     import sys
 
     fluent = sys.modules.get("mlflow.tracking.fluent")
