@@ -3,7 +3,8 @@
 Trains a fresh DimoModel on same-view reconstruction of the latent cache's synthetic train clips (plain Adam, one
 thread, no DeepSpeed: a diagnostic, not the training loop) and measures the motion-dependence gap on held-out
 reconstruction pairs every `--eval-every` steps (the study's metric, `motion_control.motion_dependence_gaps`,
-mismatched drivers of other motions). Token sources:
+mismatched drivers of other motions), and on held-out cross-view pairs (each view of a synchronised group driven by
+another view: what reconstruction training alone must transfer). Token sources:
 
 * `encoder`: the model's own body (+ hand) encoder on the driving frames (the method);
 * `oracle2d`: the renderer's ground-truth 2D keypoints per frame (23 x 2, frame units) through the SMPL-control
@@ -52,9 +53,21 @@ def _clip(cache: Path, row, oracle: bool, gt_pose: bool = False) -> dict:
     return d
 
 
-def _gap(model, held, other, seed, draws) -> dict:
-    g = mc.motion_dependence_gaps(model, [example(h, h) for h in held], [example(o, o) for o in other], seed, draws)
+def _gap(model, true: list[dict], other: list[dict], seed, draws) -> dict:
+    """`true[i]` a pair's example, `other[i]` its mismatched driving inputs (motion_dependence_gaps)."""
+    g = mc.motion_dependence_gaps(model, true, other, seed, draws)
     return mc.bootstrap_ci(g) | {"values": [round(float(v), 6) for v in g]}
+
+
+def _cross_view(held_rows, held, rows, swap, load) -> tuple[list[dict], list[dict]]:
+    """Held-out synchronised groups: each view driven by the group's next view (driving view != target view), and
+    the same target driven by a mismatched clip (`swap`: driver id -> mismatched driver id)."""
+    by_id = dict(zip(held_rows["clip_id"], held, strict=True))
+    pairs = [(a, b) for _, g in held_rows.groupby("group_id") if len(g) > 1
+             for a, b in zip(np.roll(g["clip_id"].to_numpy(), 1), g["clip_id"], strict=True)]
+    true = [example(by_id[a], by_id[b]) for a, b in pairs]
+    other = [example(load(rows[swap[a]]), by_id[b]) for a, b in pairs]
+    return true, other
 
 
 def main() -> None:
@@ -97,6 +110,9 @@ def main() -> None:
     swapped = mc.mismatched_pairs(pairs, 0, pool=pool, clip_identity=people)
     rows = {r.clip_id: r for r in table.itertuples()}
     other = [_clip(args.cache, rows[c], oracle, gt_pose) for c in swapped["driving_clip_id"]]
+    same_view = ([example(h, h) for h in held], [example(o, o) for o in other])
+    swap = dict(zip(swapped["true_driving_clip_id"], swapped["driving_clip_id"], strict=True))
+    cross_view = _cross_view(held_rows, held, rows, swap, lambda r: _clip(args.cache, r, oracle, gt_pose))
 
     if oracle:
         cfg = configs.get(args.config, "smpl_control", pose_tokenizer={"pose_dim": train[0]["pose_targets"].shape[1]},
@@ -112,10 +128,13 @@ def main() -> None:
     curve, losses, geo, t0 = [], [], [], time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.eval_every == 0:
-            gap = _gap(model, held, other, args.seed, args.draws)
+            gap = _gap(model, *same_view, args.seed, args.draws)
+            cross = _gap(model, *cross_view, args.seed, args.draws)
             curve.append({"step": step, "train_loss": float(np.mean(losses[-50:])) if losses else None,
                           "geometric_loss": float(np.mean(geo[-50:])) if geo else None,
-                          **{k: gap[k] for k in ("mean", "ci_low", "ci_high")}, "s": round(time.perf_counter() - t0)})
+                          **{k: gap[k] for k in ("mean", "ci_low", "ci_high")},
+                          **{f"cross_view_{k}": cross[k] for k in ("mean", "ci_low", "ci_high", "n")},
+                          "s": round(time.perf_counter() - t0)})
             print(json.dumps(curve[-1]), flush=True)
         if step == args.steps:
             break
@@ -128,7 +147,7 @@ def main() -> None:
         losses.append(float(out["diffusion_loss"].detach()))
         geo.append(float(out["geometric_loss"].detach()))
     n_params = sum(p.numel() for p in params)
-    result = {**vars(args), "params": n_params, "curve": curve, "final_gap": gap,
+    result = {**vars(args), "params": n_params, "curve": curve, "final_gap": gap, "final_cross_view_gap": cross,
               "seconds": time.perf_counter() - t0, "train_clips": len(train), "held_out_clips": len(held)}
     result = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
     tag = "-".join(f"{k}{v}" for k, v in args.generator.items())
