@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -67,6 +68,37 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
     exe = shutil.which(args[0], path=full_env["PATH"])
     return subprocess.run([exe, *args[1:]], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def tiny_champion_store(root: Path):
+    """An MLflow sqlite store in `root` holding a tiny `dimo@champion`, registered by `training.registry.register`;
+    yields its URI. The process's tracking URI and cwd (the registry's download cache ./.cache/registry goes into
+    it) are `root`'s inside the block and restored after."""
+    import warnings
+
+    import mlflow
+    import torch
+
+    from dimo.models import DimoModel, LatentCodec, configs
+    from dimo.training import registry
+
+    previous, cwd = mlflow.get_tracking_uri(), os.getcwd()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    os.chdir(root)
+    try:
+        torch.manual_seed(0)
+        model = DimoModel(configs.get("tiny", text_in_dim=384))
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment("dimo", artifact_location=str(root / "art")))
+        with mlflow.start_run(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow: "Add type hints to the `predict` method"
+            registry.register(model, LatentCodec.tiny(), {"kind": "minilm", "path": None, "max_length": 16}, "dimo",
+                              ["champion"])
+        yield uri
+    finally:
+        os.chdir(cwd)
+        mlflow.set_tracking_uri(previous)
 
 
 @pytest.fixture

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import warnings
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
 
 from dimo import camera_vocabulary, inference, video_io
 from dimo.labelling import label_format
-from tests.conftest import VENV_BIN, moving_frames
+from tests.conftest import VENV_BIN, moving_frames, tiny_champion_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader")
 AREA = 32 * 48  # 72x96 inputs -> 32x48 outputs (multiples of 16); small: VAE decoding dominates on CPU
@@ -27,22 +25,8 @@ def store(tmp_path_factory):
     """A tmp dir with an MLflow sqlite store holding `dimo@champion` (tiny model) and the test inputs."""
     from PIL import Image
 
-    from dimo.models import DimoModel, LatentCodec, configs
-    from dimo.training import registry
-
     root = tmp_path_factory.mktemp("inference")
-    previous, cwd = mlflow.get_tracking_uri(), os.getcwd()
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    os.chdir(root)  # the registry's download cache (./.cache/registry) goes here
-    try:
-        torch.manual_seed(0)
-        model = DimoModel(configs.get("tiny", text_in_dim=384))
-        mlflow.set_experiment(experiment_id=mlflow.create_experiment("dimo", artifact_location=str(root / "art")))
-        with mlflow.start_run(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # MLflow: "Add type hints to the `predict` method"
-            registry.register(model, LatentCodec.tiny(), {"kind": "minilm", "path": None, "max_length": 16}, "dimo",
-                              ["champion"])
+    with tiny_champion_store(root) as uri:
         loaded = inference.load("models:/dimo@champion", device="cpu")
         Image.fromarray(moving_frames(1)[0]).save(root / "ref.png")  # 72 x 96
         (root / "bad.png").write_bytes(b"this is not a png")
@@ -50,9 +34,6 @@ def store(tmp_path_factory):
         video_io.write_video(root / "drive24.mp4", moving_frames(14, seed=1), 24)
         video_io.write_video(root / "short.mp4", moving_frames(4), 16)
         yield {"root": root, "uri": uri, "model": loaded}
-    finally:
-        os.chdir(cwd)
-        mlflow.set_tracking_uri(previous)
 
 
 def _read(path):

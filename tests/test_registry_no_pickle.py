@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -12,31 +10,16 @@ import torch
 import yaml
 
 from dimo import inference
+from tests.conftest import tiny_champion_store
 from tests.tracking_server import pickle_audit
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A throwaway sqlite store holding a tiny `dimo@champion`, registered by `training.registry.register`."""
-    from dimo.models import DimoModel, LatentCodec, configs
-    from dimo.training import registry
-
     root = tmp_path_factory.mktemp("no_pickle")
-    previous, cwd = mlflow.get_tracking_uri(), os.getcwd()
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    os.chdir(root)  # the registry's download cache (./.cache/registry) goes here
-    try:
-        torch.manual_seed(0)
-        model = DimoModel(configs.get("tiny", text_in_dim=384))
-        mlflow.set_experiment(experiment_id=mlflow.create_experiment("dimo", artifact_location=str(root / "art")))
-        with mlflow.start_run(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            registry.register(model, LatentCodec.tiny(), {"kind": "minilm", "path": None, "max_length": 16}, "dimo",
-                              ["champion"])
+    with tiny_champion_store(root):
         yield root
-    finally:
-        os.chdir(cwd)
-        mlflow.set_tracking_uri(previous)
 
 
 def test_a_registered_version_is_code_plus_safetensors_with_no_pickle_file(store):
