@@ -194,6 +194,20 @@ def _body_init(backend, X: torch.Tensor, frame_ok: np.ndarray, segment: np.ndarr
     return root6, aa, log_s
 
 
+def pose_prior(aa: torch.Tensor, hinge_idx: torch.Tensor, hinge_ax: torch.Tensor | None, cfg: FitConfig,
+               T: int) -> torch.Tensor:
+    """The body fit's pose prior: small local rotations, and hinge joints (knees, elbows) that bend about their own
+    axis only, forwards, up to 2.6 rad. Shared by the single-view and the multi-view fit."""
+    loss = cfg.w_prior * (aa ** 2).sum() / max(T, 1)
+    if hinge_ax is not None:
+        v = aa[:, hinge_idx]
+        flex = (v * hinge_ax).sum(-1)
+        off_axis = v - flex[..., None] * hinge_ax
+        loss = loss + cfg.w_hinge * ((off_axis ** 2).sum(-1) + torch.relu(-flex - 0.05) ** 2
+                                     + torch.relu(flex - 2.6) ** 2).sum() / max(T, 1)
+    return loss
+
+
 def _body_loss(backend, cfg: FitConfig, X, w, x2d, segment: np.ndarray, frame_ok: np.ndarray, hand3d, hand_ok,
                root6, aa, log_s, focal=None, centre=None, scale2d=1.0):
     """The fit's objective as a closure -> (loss, hip-centred fitted keypoints J (T, K, 3))."""
@@ -231,13 +245,7 @@ def _body_loss(backend, cfg: FitConfig, X, w, x2d, segment: np.ndarray, frame_ok
             A = Jall[:, K:].reshape(T, 2, len(anchors), 3)
             off = A[:, :, 1:] - A[:, :, :1]
             loss = loss + cfg.w_anchor * (aw[..., None] * ((off - H_off) ** 2).sum(-1)).sum() / n_obs
-        loss = loss + cfg.w_prior * (aa ** 2).sum() / max(T, 1)
-        if hinge_ax is not None:
-            v = aa[:, hinge_idx]
-            flex = (v * hinge_ax).sum(-1)
-            off_axis = v - flex[..., None] * hinge_ax
-            loss = loss + cfg.w_hinge * ((off_axis ** 2).sum(-1) + torch.relu(-flex - 0.05) ** 2
-                                         + torch.relu(flex - 2.6) ** 2).sum() / max(T, 1)
+        loss = loss + pose_prior(aa, hinge_idx, hinge_ax, cfg, T)
         if len(i0):
             loss = loss + cfg.w_smooth * (((aa[i1] - aa[i0]) ** 2).sum()
                                           + ((root6[i1] - root6[i0]) ** 2).sum()) / max(T, 1)

@@ -182,13 +182,7 @@ def _loss(backend, cfg, uv, w, Kmat, E, Xtri, tri_ok, root6, aa, transl, log_s, 
         huber = torch.where(r < delta, 0.5 * r ** 2, delta * (r - 0.5 * delta))
         loss = cfg.w_2d * (w_t * huber).sum() / n_obs * 100.0
         loss = loss + cfg.w_3d * 0.1 * (wt * ((J - Xt) ** 2).sum(-1)).sum() / wt.sum().clamp_min(1.0)
-        loss = loss + cfg.w_prior * (aa ** 2).sum() / max(T, 1)
-        if hinge_ax is not None:
-            v = aa[:, hinge_idx]
-            flex = (v * hinge_ax).sum(-1)
-            off = v - flex[..., None] * hinge_ax
-            loss = loss + cfg.w_hinge * ((off ** 2).sum(-1) + torch.relu(-flex - 0.05) ** 2
-                                         + torch.relu(flex - 2.6) ** 2).sum() / max(T, 1)
+        loss = loss + fitting.pose_prior(aa, hinge_idx, hinge_ax, cfg, T)
         if T > 1:
             loss = loss + cfg.w_smooth * (((aa[1:] - aa[:-1]) ** 2).sum() + ((root6[1:] - root6[:-1]) ** 2).sum()) / T
         if T > 2:
