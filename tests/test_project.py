@@ -50,11 +50,16 @@ def test_kedro_run_on_good_and_broken_videos_quarantines_and_logs_to_mlflow(proj
     assert (raw / "broken.mp4").exists()  # quarantined, never deleted
 
     mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
-    run = mlflow.search_runs(experiment_names=["dimo"], output_format="list")[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.params["ingest.window_frames"] == "17"
-    assert "git_commit" in run.data.tags
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["dimo"], output_format="list")}
+    parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FINISHED" and "git_commit" in parent.data.tags
+    assert parent.data.params["ingest.window_frames"] == "17"  # every node's params, in the `kedro run`'s run
+    run = runs["validate"]  # each pipeline stage is a nested run with its own params, metrics and artifacts
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+    assert runs["ingest"].data.params["ingest.window_frames"] == "17" and "ingest.window_frames" not in run.data.params
+    assert run.data.tags["git_commit"] == parent.data.tags["git_commit"]
     assert run.data.metrics["validation_metrics.clips_quarantined"] == 2
+    assert "validation_metrics.clips_quarantined" not in parent.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"validation_report.md", "clip_quarantine.csv", "validation_results.json"} <= artifacts
 

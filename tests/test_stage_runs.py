@@ -1,7 +1,7 @@
-"""`tracking.nested_stage_runs: true`: a `kedro run` is one parent MLflow run with a nested run per pipeline
-stage, holding that stage's params, stepped metrics, artifacts (with their previews) and registered version; the
-version links back to it, and it to its parent's git commit. Runs train_stage3 (2 steps) on a copy of the smoke
-chain."""
+"""`tracking.nested_stage_runs: true` (the default): a `kedro run` is one parent MLflow run with a nested run per
+pipeline stage, holding that stage's params, stepped metrics, artifacts (with their previews) and registered
+version; the version links back to it, and it to its parent's git commit. Runs train_stage3 (2 steps) on a copy of
+the smoke chain."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ def test_a_stage_is_a_nested_run_linked_to_its_model_version_and_parent_commit(s
     project = shutil.copytree(smoke_chain, tmp_path / "project", symlinks=True)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     before = {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
-    out = run_cli(["kedro", "run", "--env=smoke", "--pipelines=train_stage3",
-                   "--params=tracking.nested_stage_runs=true"], cwd=project, timeout=900)
+    out = run_cli(["kedro", "run", "--env=smoke", "--pipelines=train_stage3"], cwd=project, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     new = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
            if r.info.run_id not in before]

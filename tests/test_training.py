@@ -113,10 +113,12 @@ def test_chain_registers_every_stage_with_aliases(trained):
     assert versions["stage3"] == versions["champion"]
     assert len({versions[a] for a in ("base", "stage1", "stage2", "stage3")}) == 4
     run = client.get_run(client.get_model_version("dimo", versions["stage2"]).run_id)
+    assert run.info.run_name == "train_stage2" and "mlflow.parentRunId" in run.data.tags  # the stage's nested run
     assert "training.lr" in run.data.params and "git_commit" in run.data.tags
     history = client.get_metric_history(run.info.run_id, "stage2.geometric_weight")
     assert history[0].value > 0  # the anneal reaches into stage 2 (smoke: stage1 4 steps, end step 6)
-    assert client.get_metric_history(run.info.run_id, "stage3.geometric_weight")[-1].value == 0.0
+    stage3 = client.get_model_version("dimo", versions["stage3"]).run_id
+    assert client.get_metric_history(stage3, "stage3.geometric_weight")[-1].value == 0.0
     pairs = pd.read_parquet(trained / "data/05_model_input/training_pairs.parquet")
     assert set(pairs.query("stage == 'stage1'")["kind"]) == {"reconstruction"}
     assert set(pairs.query("stage == 'stage3'")["kind"]) == {"cross_view"}

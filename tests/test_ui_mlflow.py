@@ -18,9 +18,10 @@ def _training_run(project):
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     # the chain's own run: other tests run pipelines on the shared chain (the ablation also logs stage2.loss)
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-            if "stage2.loss" in r.data.metrics and r.info.run_name == "__default__"]
-    assert runs, "the smoke chain's __default__ run logged no stage2.loss"
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    default = {r.info.run_id for r in runs if r.info.run_name == "__default__"}
+    runs = [r for r in runs if "stage2.loss" in r.data.metrics and r.data.tags.get("mlflow.parentRunId") in default]
+    assert runs, "the smoke chain's __default__ run has no nested train_stage2 run with stage2.loss"
     aliases = client.get_registered_model("dimo").aliases
     return runs[0], client.list_artifacts(runs[0].info.run_id, "samples/stage2"), aliases
 

@@ -159,7 +159,7 @@ class StageRunOpenHooks:
         else:
             commit = parent.data.tags.get("git_commit") or git_commit()
             run = mlflow.start_run(run_name=stage, nested=True, tags={
-                "dimo.stage": stage, "dimo.parent_git_commit": commit,
+                "dimo.stage": stage, "dimo.parent_git_commit": commit, "git_commit": commit,
                 "mlflow.source.git.commit": commit.removesuffix("-dirty")})
             state.runs[stage] = run.info.run_id
         state.open = stage
