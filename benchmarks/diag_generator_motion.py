@@ -70,6 +70,14 @@ def _cross_view(held_rows, held, rows, swap, load) -> tuple[list[dict], list[dic
     return true, other
 
 
+def _train_cross_view(train_rows) -> list[tuple[int, int]]:
+    """(driving index, target index) into the train clips: every ordered pair of two views of one synchronised
+    group (what stage 2/3's cross-view reproduction draws)."""
+    index = {c: i for i, c in enumerate(train_rows["clip_id"])}
+    return [(index[a], index[b]) for _, g in train_rows.groupby("group_id") if len(g) > 1
+            for a in g["clip_id"] for b in g["clip_id"] if a != b]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("data/05_model_input/latents"))
@@ -92,6 +100,11 @@ def main() -> None:
                     help="for --tokens encoder: the geometric decoder learns the pseudo-labels or the true pose")
     ap.add_argument("--no-augment", action="store_true",
                     help="for --tokens encoder: driving frames without the perspective/appearance augmentation")
+    ap.add_argument("--augment", type=json.loads, default={},
+                    help='for --tokens encoder: AugmentConfig overrides, e.g. \'{"perspective": 0.05, "hue": 0.02}\'')
+    ap.add_argument("--cross-view-frac", type=float, default=0.0,
+                    help="fraction of training examples drawn as cross-view pairs of the train split's synchronised "
+                         "groups (stage 2's 0.5, stage 3's 1.0); the rest same-view reconstruction")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,7 +113,8 @@ def main() -> None:
     table = pd.read_parquet(args.table)
     table = table[table.gt_path.notna()].sort_values("clip_id")
     gt_pose = args.geo_targets == "gt_pose" and not oracle
-    train = [_clip(args.cache, r, oracle, gt_pose) for r in table[table.split == "train"].itertuples()]
+    train_rows = table[table.split == "train"]
+    train = [_clip(args.cache, r, oracle, gt_pose) for r in train_rows.itertuples()]
     held_rows = table[table.split != "train"]
     held = [_clip(args.cache, r, oracle, gt_pose) for r in held_rows.itertuples()]
     # a driver of another motion for each held-out clip, drawn as the study draws it (from all synthetic clips)
@@ -120,11 +134,12 @@ def main() -> None:
     else:
         decoder = {"n_body_joints": train[0]["pose_targets"].shape[1] // 6, "num_hands": 0} if gt_pose else {}
         cfg = configs.get(args.config, args.variant, generator=args.generator, geometric_decoder=decoder,
-                          augment={"enabled": False} if args.no_augment else {})
+                          augment={"enabled": False} if args.no_augment else args.augment)
     model = DimoModel(cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
+    train_pairs = _train_cross_view(train_rows)
     curve, losses, geo, t0 = [], [], [], time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.eval_every == 0:
@@ -139,7 +154,10 @@ def main() -> None:
         if step == args.steps:
             break
         idx = torch.randint(len(train), (args.batch,), generator=g).tolist()
-        batch = collate([example(train[i], train[i]) for i in idx])
+        cross_idx = torch.randint(len(train_pairs), (args.batch,), generator=g).tolist() if train_pairs else idx
+        use_cross = (torch.rand(args.batch, generator=g) < args.cross_view_frac).tolist()
+        batch = collate([example(train[train_pairs[j][0]], train[train_pairs[j][1]]) if c
+                         else example(train[i], train[i]) for i, j, c in zip(idx, cross_idx, use_cross, strict=True)])
         out = model.training_losses(batch, step, generator=g)
         opt.zero_grad()
         out["loss"].backward()

@@ -50,6 +50,11 @@ if [ ! -f .cache/weights/lpips/alex.safetensors ] || [ ! -f .cache/weights/lpips
   [ -f "$LPIPS_SRC/lpips-0.1.4-py3-none-any.whl" ] || .venv/bin/python -m pip download -q --no-deps lpips==0.1.4 -d "$LPIPS_SRC"
   .venv/bin/python scripts/convert_lpips_weights.py
 fi
+# DeepSpeed's CPU shared-memory comm op, JIT-built on first use (~1 min): built here, once, so no run or test pays
+# for it, and a lock left by a build that was killed (later loads then wait on it forever) is cleared first.
+if ! pgrep -f "deepspeed_shm_comm" >/dev/null 2>&1; then rm -f "$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm/lock"; fi
+.venv/bin/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)" \
+  >/dev/null 2>&1 || echo "note: DeepSpeed's shm comm op did not prebuild; the first training run builds it"
 # Git repository is needed by DVC and for the git commit MLflow records.
 git rev-parse --git-dir >/dev/null 2>&1 || git init -q
 

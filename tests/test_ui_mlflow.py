@@ -50,6 +50,7 @@ def test_mlflow_ui_shows_the_run_its_loss_chart_the_model_and_a_gif(smoke_chain,
         page.goto(f"{url}/#/experiments/{exp}/runs/{run_id}/model-metrics")
         page.get_by_placeholder("Search metric charts").fill("stage2.loss")
         page.get_by_text(f"{run.info.run_name} (stage2.loss)").wait_for()  # a line chart's legend: one per step
+        page.locator("main").get_by_text("Step", exact=True).first.wait_for()  # the x axis: drawn after the legend
         chart_text = page.locator("main").inner_text()
         assert "Step" in chart_text and "(1)" in chart_text, chart_text[:1000]
         page.shot("mlflow_loss_chart")
