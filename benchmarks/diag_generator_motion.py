@@ -140,6 +140,8 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
     train_pairs = _train_cross_view(train_rows)
+    if args.cross_view_frac > 0 and not train_pairs:
+        raise SystemExit(f"{args.table}: no synchronised group with two train views, so no cross-view training pairs")
     curve, losses, geo, t0 = [], [], [], time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.eval_every == 0:
@@ -154,10 +156,12 @@ def main() -> None:
         if step == args.steps:
             break
         idx = torch.randint(len(train), (args.batch,), generator=g).tolist()
-        cross_idx = torch.randint(len(train_pairs), (args.batch,), generator=g).tolist() if train_pairs else idx
-        use_cross = (torch.rand(args.batch, generator=g) < args.cross_view_frac).tolist()
-        batch = collate([example(train[train_pairs[j][0]], train[train_pairs[j][1]]) if c
-                         else example(train[i], train[i]) for i, j, c in zip(idx, cross_idx, use_cross, strict=True)])
+        pairs = [(i, i) for i in idx]  # same-view reconstruction
+        if args.cross_view_frac > 0:  # drawn only then: with 0 the run repeats the earlier results' random stream
+            cross = torch.randint(len(train_pairs), (args.batch,), generator=g).tolist()
+            use = (torch.rand(args.batch, generator=g) < args.cross_view_frac).tolist()
+            pairs = [train_pairs[j] if u else p for p, j, u in zip(pairs, cross, use, strict=True)]
+        batch = collate([example(train[a], train[b]) for a, b in pairs])
         out = model.training_losses(batch, step, generator=g)
         opt.zero_grad()
         out["loss"].backward()
