@@ -114,12 +114,12 @@ class _StageRuns:
         self.runs: dict[str, str] = {}  # stage -> its nested run id (one per stage per `kedro run`)
         self.open: str | None = None  # the stage whose nested run is active now
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         import mlflow
 
         run = mlflow.active_run()
         if self.open and run is not None and run.info.run_id == self.runs[self.open]:
-            mlflow.end_run()
+            mlflow.end_run(status)
         self.open = None
 
 
@@ -186,7 +186,11 @@ class StageRunOpenHooks:
 
     @hook_impl(tryfirst=True)
     def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
-        _STAGE_RUNS.close()
+        try:
+            _STAGE_RUNS.close("FAILED")
+        except Exception as exc:  # a lost server may be why the pipeline failed: TrackingHooks says so in one line
+            _STAGE_RUNS.open = None
+            log.warning("could not close the nested stage run: %s", str(exc)[:200])
 
 
 class StageRunCloseHooks:
