@@ -19,8 +19,8 @@ import pytest
 
 from dimo import distributed, video_io
 from dimo.datasets import Video
-from dimo.labelling import labeller, quality, ray_labeller
 from dimo.labelling import label_format as lf
+from dimo.labelling import labeller, quality, ray_labeller
 from tests.test_pseudo_label import carphone_frames, smoke_params
 
 pytestmark = pytest.mark.slow
@@ -159,3 +159,27 @@ def test_a_rerun_after_the_driver_died_labels_each_clip_once(clips, params, clus
     assert {Path(r["label_path"]).name for r in labelled}.isdisjoint(before)
     after = {f.name: f.stat().st_mtime_ns for f in store.root.glob("*.npz")}
     assert len(after) == 6 and {k: after[k] for k in before} == before  # none written twice, none lost
+
+
+def test_ray_preprocess_writes_the_local_cache_entries(clips, params, local_run, cluster, tmp_path):
+    import yaml
+
+    from dimo.datasets import SafetensorsDataset
+    from dimo.models import LatentCodec
+    from dimo.pipelines.preprocess import nodes
+
+    with open(ROOT / "conf" / "smoke" / "parameters_preprocess.yml") as f:
+        pp = {**yaml.safe_load(f)["preprocess"], "device": "cpu", "batch_clips": 2, "ray": params["ray"]}
+    people = local_run[local_run["clip_id"].str.startswith("person")]
+    table = people[["clip_id", "path", "label_path"]].assign(caption=[f"a person, take {i}" for i in range(4)],
+                                                            num_frames=9, height=144, width=176)
+    loaders = {cid: partial(_read, clips / f"{cid}.mp4") for cid in table["clip_id"]}
+    codec = LatentCodec.tiny()
+    local_cache, local_manifest = nodes.encode_clips(table, loaders, None, codec, pp)
+    ray_cache, ray_manifest = nodes.encode_clips(table, loaders, None, codec, {**pp, "runner": "ray"})
+    assert ray_manifest == local_manifest and list(ray_cache) == list(local_cache)
+    for cid in local_cache:  # the catalog's save of each entry: the same file bytes
+        a, b = SafetensorsDataset(str(tmp_path / "a" / cid)), SafetensorsDataset(str(tmp_path / "b" / cid))
+        a.save(local_cache[cid]())
+        b.save(ray_cache[cid]())
+        assert (tmp_path / "a" / cid).read_bytes() == (tmp_path / "b" / cid).read_bytes(), cid

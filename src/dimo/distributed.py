@@ -49,15 +49,13 @@ def _address(settings: RaySettings) -> str | None:
     return settings.address or os.environ.get("RAY_ADDRESS") or None
 
 
-@contextmanager
-def cluster(settings: RaySettings) -> Iterator[dict]:
-    """A connected Ray session for the block; yields {"address", "started_here", "init_seconds"}. A cluster
-    started here is shut down on exit; an already connected session (a caller's) is reused and left alone."""
+def connect(settings: RaySettings) -> dict:
+    """Connect (starting a local cluster when no address is set); returns {"address", "started_here",
+    "init_seconds"}. An already connected session (a caller's) is reused: `disconnect` then leaves it alone."""
     import ray
 
     if ray.is_initialized():
-        yield {"address": "existing", "started_here": False, "init_seconds": 0.0}
-        return
+        return {"address": "existing", "started_here": False, "init_seconds": 0.0}
     address = _address(settings)
     t0 = time.perf_counter()
     if address:  # the cluster's nodes run the same image as this driver (dimo installed): docs/ray.md
@@ -68,15 +66,32 @@ def cluster(settings: RaySettings) -> Iterator[dict]:
     info = {"address": address or "local", "started_here": True, "init_seconds": time.perf_counter() - t0}
     log.info("ray: connected to %s in %.1f s (%s)", info["address"], info["init_seconds"],
              ray.cluster_resources())
+    return info
+
+
+def disconnect(info: dict) -> None:
+    """End what `connect` started (a cluster started here stops; a joined one keeps running)."""
+    import ray
+
+    if info.get("started_here") and ray.is_initialized():
+        ray.shutdown()
+
+
+@contextmanager
+def cluster(settings: RaySettings) -> Iterator[dict]:
+    """`connect` for the block, `disconnect` after it."""
+    info = connect(settings)
     try:
         yield info
     finally:
-        ray.shutdown()
+        disconnect(info)
 
 
 def actor_pool_args(settings: RaySettings) -> dict:
     """`Dataset.map_batches` arguments of an actor pool: its size, resources per actor, and restarts (a killed
     actor is restarted and its batch retried, so one lost worker never ends the job)."""
-    return {"concurrency": settings.actors, "num_cpus": settings.cpus_per_actor,
+    import ray
+
+    return {"compute": ray.data.ActorPoolStrategy(size=settings.actors), "num_cpus": settings.cpus_per_actor,
             "num_gpus": settings.gpus_per_actor or None, "batch_size": settings.batch_size,
             "max_restarts": -1, "max_task_retries": settings.max_task_retries}
