@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dimo import distributed, video_io
 from dimo.datasets import Video
@@ -161,7 +162,7 @@ def test_a_rerun_after_the_driver_died_labels_each_clip_once(clips, params, clus
     assert len(after) == 6 and {k: after[k] for k in before} == before  # none written twice, none lost
 
 
-def test_ray_preprocess_writes_the_local_cache_entries(clips, params, local_run, cluster, tmp_path):
+def test_ray_preprocess_writes_the_local_cache_entries(clips, params, local_run, cluster, tmp_path, request):
     import yaml
 
     from dimo.datasets import SafetensorsDataset
@@ -175,6 +176,9 @@ def test_ray_preprocess_writes_the_local_cache_entries(clips, params, local_run,
                                                             num_frames=9, height=144, width=176)
     loaders = {cid: partial(_read, clips / f"{cid}.mp4") for cid in table["clip_id"]}
     codec = LatentCodec.tiny()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor (1 CPU): float reductions depend on the thread count
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     local_cache, local_manifest = nodes.encode_clips(table, loaders, None, codec, pp)
     ray_cache, ray_manifest = nodes.encode_clips(table, loaders, None, codec, {**pp, "runner": "ray"})
     assert ray_manifest == local_manifest and list(ray_cache) == list(local_cache)
