@@ -62,7 +62,7 @@ def bench_pseudo_label(rows: list[dict], params: dict, work: Path) -> tuple[dict
         with distributed.cluster(distributed.RaySettings.from_params(p["ray"])) as info:
             t1 = time.perf_counter()
             ray_labeller.label_clips(rows, labeller.LabelStore(work / f"ray{actors}"), p,
-                                     on_batch=lambda g: rss.__setitem__(g["pid"], _peak_rss_mb(g["pid"])))
+                                     on_batch=lambda g, rss=rss: rss.__setitem__(g["pid"], _peak_rss_mb(g["pid"])))
             t2 = time.perf_counter()
         out[f"ray_{actors}_actors"] = {"clips_per_s": len(rows) / (t2 - t1), "clips_per_s_with_init":
                                        len(rows) / (t2 - t0), "ray_init_s": info["init_seconds"],
