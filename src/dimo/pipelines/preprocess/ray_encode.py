@@ -92,6 +92,8 @@ def ray_cache(batches: list[list], loaders: dict, codec, params: dict) -> dict[s
             data = done.pop(clip_id)
             state["saved"] += 1
             if state["saved"] == state["total"]:
+                for _ in results:  # drained: Ray Data's executor ends before the cluster does
+                    pass
                 distributed.disconnect(info)
             return load(data)
         return get
