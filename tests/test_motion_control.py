@@ -121,6 +121,11 @@ def test_pose_following_known_offsets():
     # the copy-driving-pose reference is pose following with the driving view's joints as prediction
     ref = mc.copy_driving_pose(shifted, gt, vis, h)
     assert np.allclose(ref["err_px"], 5.0)
+    # the still-reference reference holds frame 0: exact on frame 0, 30 px off on a frame that moved 30 px
+    moving = np.concatenate([gt[:1], gt[:1] + np.array([0.0, 30.0])])
+    vis_m, h_m = np.ones(moving.shape[:2], bool), mc.person_height_px(moving, np.ones(moving.shape[:2], bool))
+    still = mc.hold_first_frame_pose(moving, vis_m, h_m)
+    assert np.allclose(still["pck"], [1.0, 0.0]) and np.allclose(still["err_px"], [0.0, 30.0])
 
 
 # ---------------------------------------------------------------------------------------------- mismatched pairs

@@ -219,3 +219,12 @@ def copy_driving_pose(driving_joints2d, target_joints2d, visible, person_height_
     for the target view. On a reconstruction pair it is perfect; across views it shows what ignoring the target's
     camera costs, so a generator that follows motion in the target's view should beat it."""
     return pose_following(driving_joints2d, target_joints2d, visible, person_height_px, threshold)
+
+
+def hold_first_frame_pose(target_joints2d, visible, person_height_px, threshold: float = 0.1) -> dict:
+    """The "still reference" reference: the target's first-frame 2D joints held for every frame, i.e. what a video
+    that copies the reference image and never moves scores. Generated videos that follow motion beat it; videos
+    below it do not even keep the reference's person where it was (a generation-quality limit, not a motion one)."""
+    target = np.asarray(target_joints2d, np.float64)
+    still = np.repeat(target[:1], len(target), axis=0)
+    return pose_following(still, target, visible, person_height_px, threshold)

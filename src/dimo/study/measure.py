@@ -5,7 +5,8 @@ with the metrics of `dimo.evaluation.motion_control` (per pair, so units compare
   the unit's curve);
 * pose following: videos generated from the cached conditions (reference = the target's first latent, prompt =
   its caption, tokens from the driving clip), read by the pose probe, against the target's ground-truth 2D joints;
-  references: the same model with the null motion token, copying the driving view's own 2D joints, and the codec's
+  references: the same model with the null motion token, copying the driving view's own 2D joints, holding the
+  target's first-frame pose (a video that never moves), and the codec's
   reconstruction of the target (the best a generated video can score through this codec and probe);
 * cross-view retrieval of per-frame body tokens between the synchronised views of each held-out group.
 """
@@ -114,7 +115,7 @@ def _generate(model, codec, example: dict, motion: str, params: dict, seed: int)
 def pose_following(model, codec, probe, pairs: pd.DataFrame, batches: PairBatches, gt: dict, params: dict,
                    seed: int) -> pd.DataFrame:
     """Per pair: PCK and px error of the generated video (and of the null-motion video, the copy-driving-pose
-    reference) against the target's ground-truth 2D joints."""
+    reference, and the still first-frame pose) against the target's ground-truth 2D joints."""
     rows, was_training = [], model.training
     model.eval()
     try:
@@ -134,6 +135,8 @@ def pose_following(model, codec, probe, pairs: pd.DataFrame, batches: PairBatche
                         f"err_px{suffix}": float(np.nanmean(out["err_px"]))}
             copy = mc.copy_driving_pose(driving, target, visible, heights, params["pck_threshold"])
             row |= {"pck_copy": float(np.nanmean(copy["pck"])), "err_px_copy": float(np.nanmean(copy["err_px"]))}
+            still = mc.hold_first_frame_pose(target, visible, heights, params["pck_threshold"])
+            row |= {"pck_still": float(np.nanmean(still["pck"])), "err_px_still": float(np.nanmean(still["err_px"]))}
             rows.append(row)
     finally:
         model.train(was_training)
