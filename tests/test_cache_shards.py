@@ -87,3 +87,17 @@ def test_a_corrupt_shard_is_named(tmp_path):
         cache_shards.verify(str(tmp_path))
     other = next(c for c, e in manifest["clips"].items() if e["shard"] != shard)
     assert torch.equal(cache_shards.ShardCache(str(tmp_path))[other]()["latents"], cache[other]["latents"])
+
+
+@pytest.mark.slow
+def test_the_preprocess_pipeline_writes_shards_equal_to_the_cache(smoke_chain):
+    from safetensors.torch import load_file
+
+    model_input = smoke_chain / "data/05_model_input"
+    manifest = cache_shards.verify(str(model_input / "latent_shards"))
+    assert json.loads((model_input / "latent_shards.json").read_text()) == manifest  # the catalog's record
+    files = sorted((model_input / "latents").glob("*.safetensors"))
+    assert files and set(manifest["clips"]) == {f.stem for f in files}
+    back = cache_shards.ShardCache(str(model_input / "latent_shards"))
+    for f in files:
+        _exact(load_file(f), back[f.stem]())

@@ -164,6 +164,23 @@ def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_cli
     return cache, _manifest(clips, codec, texts, images, params)
 
 
+def write_latent_shards(latent_cache: dict[str, Callable[[], dict]], params: dict) -> dict:
+    """The cache again as WebDataset shards and a manifest under `preprocess.shards.url` (a local folder, or any
+    fsspec URL): what `training.loader.cache_shards` reads on machines that do not hold the per-clip files. Entries
+    are read one at a time. Returns the manifest, kept in the catalog as the record even when the shards are remote."""
+    from dimo import cache_shards
+
+    spec = params.get("shards") or {}
+    if not spec.get("url"):
+        raise ValueError("parameters preprocess.shards.url is not set (conf/<env>/parameters_preprocess.yml): "
+                         "the folder or fsspec URL the latent shards are written to")
+    manifest = cache_shards.write_shards(latent_cache, str(spec["url"]),
+                                         max_shard_bytes=int(spec.get("max_shard_bytes", 256 * 2**20)))
+    log.info("latent shards: %d clips in %d shards at %s", len(manifest["clips"]), len(manifest["shards"]),
+             spec["url"])
+    return manifest
+
+
 def _manifest(clips: pd.DataFrame, codec: LatentCodec, texts: FrozenTextEncoder, images: ImageEncoder | None,
               params: dict) -> dict:
     c, f, h, w = codec.latent_shape(int(clips["num_frames"].iloc[0]), int(clips["height"].iloc[0]),
