@@ -22,9 +22,19 @@ class VideoReadError(ValueError):
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """Decode every frame as RGB uint8 (T, H, W, 3) and return it with the stream's frame rate."""
-    path = Path(path)
+    return _decode(str(path), Path(path))
+
+
+def read_video_bytes(encoded: bytes, name: str = "<bytes>") -> tuple[np.ndarray, float]:
+    """`read_video` of a file's bytes held in memory (a Ray actor gets bytes, not a path); `name` for errors."""
+    import io
+
+    return _decode(io.BytesIO(encoded), name)
+
+
+def _decode(source, path) -> tuple[np.ndarray, float]:
     try:
-        with av.open(str(path)) as container:
+        with av.open(source) as container:
             if not container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
             stream = container.streams.video[0]

@@ -192,18 +192,29 @@ def _fusion_key(clip: dict) -> bytes:
 def _frames_and_key(clip: dict, params: dict) -> tuple[np.ndarray, str]:
     """A clip's frames and label key: `frames` in memory (keyed by pixels) or `load()` -> Video (keyed by the
     file's bytes). A clip that cannot be read is labelled as empty (every frame invalid)."""
+    frames, _, key = clip_source(clip, params)
+    return frames, key
+
+
+def empty_frames(clip: dict) -> np.ndarray:
+    """What a clip that cannot be read (or, on the Ray runner, cannot be labelled) is labelled from."""
+    return np.zeros((int(clip.get("num_frames") or 1), 16, 16, 3), np.uint8)
+
+
+def clip_source(clip: dict, params: dict) -> tuple[np.ndarray, bytes | None, str]:
+    """`_frames_and_key` plus the file's bytes when the clip came from one (None otherwise)."""
     extra = _fusion_key(clip)
     if clip.get("frames") is not None:
-        return clip["frames"], content_hash(params, frames=clip["frames"], extra=extra)
+        return clip["frames"], None, content_hash(params, frames=clip["frames"], extra=extra)
     try:
         video = clip["load"]()
     except (video_io.VideoReadError, FileNotFoundError) as err:
         log.warning("pseudo_label: %s cannot be read (%s): labelled as empty", clip["clip_id"], err)
-        frames = np.zeros((int(clip.get("num_frames") or 1), 16, 16, 3), np.uint8)
-        return frames, content_hash(params, frames=frames, extra=extra)
+        frames = empty_frames(clip)
+        return frames, None, content_hash(params, frames=frames, extra=extra)
     if video.encoded is None:
-        return video.frames, content_hash(params, frames=video.frames, extra=extra)
-    return video.frames, content_hash(params, encoded=video.encoded, extra=extra)
+        return video.frames, None, content_hash(params, frames=video.frames, extra=extra)
+    return video.frames, video.encoded, content_hash(params, encoded=video.encoded, extra=extra)
 
 
 class _DetectAndFit:
@@ -283,6 +294,11 @@ def label_clips(clips: list[dict], store: LabelStore, params: dict, backend=None
     finally:
         if worker:
             worker.close()
+    return index_rows(clips, keys, rows, store, params)
+
+
+def index_rows(clips: list[dict], keys: list[str], rows: dict, store: LabelStore, params: dict) -> list[dict]:
+    """One summary row per clip, in input order, from the stored labels (both runners end here)."""
     gates = params["gates_per_frame"]
     out = []
     for i, c in enumerate(clips):

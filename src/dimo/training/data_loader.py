@@ -27,6 +27,16 @@ class LoaderSettings:
     pin_memory: bool | str = "auto"  # auto: when the engine is on a CUDA device
     persistent_workers: bool = False  # keep workers between iterations (a stage iterates once)
     keep_clips: int = 0  # clips each process keeps (LRU, `PairBatches.keep_clips`): 0 = read every time
+    cache_shards: str | None = None  # a shard folder / manifest URL (dimo.cache_shards): read clips from it instead
+
+    def cache(self, latent_cache):
+        """The stage's cache: the catalog's per-clip files, or (`cache_shards`) clips read by byte range from
+        WebDataset shards on any fsspec URL, never copied whole."""
+        if not self.cache_shards:
+            return latent_cache
+        from dimo.cache_shards import ShardCache
+
+        return ShardCache(self.cache_shards)
 
     @classmethod
     def from_params(cls, params: dict | None) -> LoaderSettings:

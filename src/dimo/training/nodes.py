@@ -117,7 +117,8 @@ def run_stage(stage: str, pairs: pd.DataFrame, cache: dict, codec, manifest: dic
         precision=params.get("precision", "auto"), loader=LoaderSettings.from_params(params.get("loader")),
         checkpoint_remote=params.get("checkpoint_remote"),
         checkpoint_remote_every=int(params.get("checkpoint_remote_every", 1)))
-    batches = PairBatches(train_pairs, cache, stage_params["mix"], batch_cfg["micro"], params["seed"],
+    batches = PairBatches(train_pairs, settings.loader.cache(cache), stage_params["mix"], batch_cfg["micro"],
+                          params["seed"],
                           keep_clips=settings.loader.keep_clips)
 
     grid_pair = pick_grid_pair(pairs, stage)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dimo import clip_table, video_io
+from dimo import clip_table, distributed, video_io
 from dimo.inference import resolve_device
 from dimo.labelling import label_format
 from dimo.models import FrozenTextEncoder, LatentCodec, text_encoder, toy_codec
@@ -144,6 +144,11 @@ def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_cli
     image_path = (params.get("image_encoder") or {}).get("path")
     images = ImageEncoder(image_path, device) if image_path else None
     loaders = _clip_folders(clips, synthetic_clips, ingested_clips)
+    batches = _batches(clips, int(params.get("batch_clips", 1)))
+    if distributed.runner(params, "preprocess") == "ray":  # docs/ray.md; Ray is imported only there
+        from .ray_encode import ray_cache
+
+        return ray_cache(batches, loaders, codec, params), _manifest(clips, codec, texts, images, params)
     done: dict[str, dict] = {}
 
     def entry(batch: list, row) -> Callable[[], dict]:
@@ -155,17 +160,38 @@ def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_cli
             return done.pop(row.clip_id)
         return load
 
-    cache = {row.clip_id: entry(batch, row) for batch in _batches(clips, int(params.get("batch_clips", 1)))
-             for row in batch}
+    cache = {row.clip_id: entry(batch, row) for batch in batches for row in batch}
+    return cache, _manifest(clips, codec, texts, images, params)
+
+
+def write_latent_shards(latent_cache: dict[str, Callable[[], dict]], params: dict) -> dict:
+    """The cache again as WebDataset shards and a manifest under `preprocess.shards.url` (a local folder, or any
+    fsspec URL): what `training.loader.cache_shards` reads on machines that do not hold the per-clip files. Entries
+    are read one at a time. Returns the manifest, kept in the catalog as the record even when the shards are remote."""
+    from dimo import cache_shards
+
+    spec = params.get("shards") or {}
+    if not spec.get("url"):
+        raise ValueError("parameters preprocess.shards.url is not set (conf/<env>/parameters_preprocess.yml): "
+                         "the folder or fsspec URL the latent shards are written to")
+    manifest = cache_shards.write_shards(latent_cache, str(spec["url"]),
+                                         max_shard_bytes=int(spec.get("max_shard_bytes", 256 * 2**20)))
+    log.info("latent shards: %d clips in %d shards at %s", len(manifest["clips"]), len(manifest["shards"]),
+             spec["url"])
+    return manifest
+
+
+def _manifest(clips: pd.DataFrame, codec: LatentCodec, texts: FrozenTextEncoder, images: ImageEncoder | None,
+              params: dict) -> dict:
     c, f, h, w = codec.latent_shape(int(clips["num_frames"].iloc[0]), int(clips["height"].iloc[0]),
                                     int(clips["width"].iloc[0]))
-    manifest = {"clips": len(cache), "latent_shape": [c, f, h, w], "text_encoder": params["text_encoder"],
+    manifest = {"clips": len(clips), "latent_shape": [c, f, h, w], "text_encoder": params["text_encoder"],
                 "text_dim": texts.output_dim, "driving_size": params["driving_size"],
                 "codec": params["codec"].get("pretrained_path") or "toy"}
     if images is not None:
-        manifest["image_encoder"] = image_path
+        manifest["image_encoder"] = params["image_encoder"]["path"]
         manifest["image_dim"] = images.model.config.hidden_size
-    return cache, manifest
+    return manifest
 
 
 def build_training_pairs(clips: pd.DataFrame, params: dict) -> pd.DataFrame:

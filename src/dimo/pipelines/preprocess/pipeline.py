@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import build_training_pairs, encode_clips, prepare_codec
+from .nodes import build_training_pairs, encode_clips, prepare_codec, write_latent_shards
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -11,6 +11,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(encode_clips, ["labelled_clip_table", "synthetic_clips", "ingested_clips", "latent_codec",
                                 "params:preprocess"],
                  ["latent_cache", "preprocess_manifest"], name="encode_clips"),
+            Node(write_latent_shards, ["latent_cache", "params:preprocess"], "latent_shard_manifest",
+                 name="write_latent_shards"),
             Node(build_training_pairs, ["labelled_clip_table", "params:training"], "training_pairs",
                  name="build_training_pairs"),
         ]

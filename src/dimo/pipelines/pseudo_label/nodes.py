@@ -8,7 +8,7 @@ from functools import partial
 
 import pandas as pd
 
-from dimo import clip_table
+from dimo import clip_table, distributed
 from dimo.labelling import accuracy, labeller, multiview, quality
 from dimo.labelling import label_format as lf
 
@@ -31,7 +31,12 @@ def label_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clip
     for r in records:
         r["load"] = partial(clip_table.load_clip, loaders, r["clip_id"])
     multiview.attach_cameras(records, clips, ground_truth)
-    rows = labeller.label_clips(records, store, params, progress=params.get("progress", True))
+    if distributed.runner(params, "pseudo_label") == "ray":  # docs/ray.md; Ray is imported only there
+        from dimo.labelling import ray_labeller
+
+        rows = ray_labeller.label_clips(records, store, params)
+    else:
+        rows = labeller.label_clips(records, store, params, progress=params.get("progress", True))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS) if rows else pd.DataFrame(columns=INDEX_COLUMNS)
     frames = [pd.DataFrame(labeller.frame_table_rows(r["clip_id"], lf.load_label(r["label_path"]))) for r in rows]
     frame_table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
