@@ -1,8 +1,8 @@
 """Every notebook in notebooks/ runs clean under nbclient against the smoke chain's outputs (`DIMO_PROJECT`), and
 draws its figures. The sweep notebook reads a tiny stand-in Optuna study (the smoke chain runs no sweep).
 
-`DIMO_NOTEBOOK_OUTPUTS=1 pytest tests/test_notebooks.py` writes the executed notebooks (outputs and figures)
-back into notebooks/: that is how the committed outputs are made."""
+The committed outputs are those of a fresh clone's `dvc repro` (`jupyter execute --inplace notebooks/*.ipynb` in
+it, README "Tracking"); `DIMO_NOTEBOOK_OUTPUTS=1 pytest tests/test_notebooks.py` writes the smoke chain's instead."""
 
 from __future__ import annotations
 
