@@ -174,8 +174,8 @@ def write_latent_shards(latent_cache: dict[str, Callable[[], dict]], params: dic
     if not spec.get("url"):
         raise ValueError("parameters preprocess.shards.url is not set (conf/<env>/parameters_preprocess.yml): "
                          "the folder or fsspec URL the latent shards are written to")
-    manifest = cache_shards.write_shards(latent_cache, str(spec["url"]),
-                                         max_shard_bytes=int(spec.get("max_shard_bytes", 256 * 2**20)))
+    size = {"max_shard_bytes": int(spec["max_shard_bytes"])} if spec.get("max_shard_bytes") else {}
+    manifest = cache_shards.write_shards(latent_cache, str(spec["url"]), **size)
     log.info("latent shards: %d clips in %d shards at %s", len(manifest["clips"]), len(manifest["shards"]),
              spec["url"])
     return manifest
