@@ -76,14 +76,14 @@ def bench_preprocess(rows: list[dict], index: pd.DataFrame) -> dict:
 
     with open(ROOT / "conf" / "smoke" / "parameters_preprocess.yml") as f:
         pp = {**yaml.safe_load(f)["preprocess"], "device": "cpu", "batch_clips": 2}
-    table = index[["clip_id", "path", "label_path"]].assign(caption="a person talking", num_frames=17,
+    table = index[["clip_id", "path", "label_path", "content_hash"]].assign(caption="a person talking", num_frames=17,
                                                            height=144, width=176)
     loaders = {r["clip_id"]: r["load"] for r in rows}
     out = {}
     for name, extra in [("local", {}), *[(f"ray_{a}_actors", {"runner": "ray", "ray": {
             "address": None, "num_cpus": 2, "actors": a, "cpus_per_actor": 1}}) for a in (1, 2)]]:
         t0 = time.perf_counter()
-        cache, _ = nodes.encode_clips(table, loaders, None, LatentCodec.tiny(), {**pp, **extra})
+        cache, _ = nodes.encode_clips(table, loaders, None, LatentCodec.tiny(), {}, {**pp, **extra})
         for load in cache.values():
             load()
         out[name] = {"clips_per_s": len(table) / (time.perf_counter() - t0), "includes_ray_init": bool(extra)}

@@ -162,6 +162,13 @@ def test_a_rerun_after_the_driver_died_labels_each_clip_once(clips, params, clus
     assert len(after) == 6 and {k: after[k] for k in before} == before  # none written twice, none lost
 
 
+def _people(local_run: pd.DataFrame) -> pd.DataFrame:
+    """The labelled person clips as a preprocess clip table."""
+    people = local_run[local_run["clip_id"].str.startswith("person")]
+    return people[["clip_id", "path", "label_path", "content_hash"]].assign(
+        caption=[f"a person, take {i}" for i in range(len(people))], num_frames=9, height=144, width=176)
+
+
 def test_ray_preprocess_writes_the_local_cache_entries(clips, params, local_run, cluster, tmp_path, request):
     import yaml
 
@@ -171,19 +178,77 @@ def test_ray_preprocess_writes_the_local_cache_entries(clips, params, local_run,
 
     with open(ROOT / "conf" / "smoke" / "parameters_preprocess.yml") as f:
         pp = {**yaml.safe_load(f)["preprocess"], "device": "cpu", "batch_clips": 2, "ray": params["ray"]}
-    people = local_run[local_run["clip_id"].str.startswith("person")]
-    table = people[["clip_id", "path", "label_path"]].assign(caption=[f"a person, take {i}" for i in range(4)],
-                                                            num_frames=9, height=144, width=176)
+    table = _people(local_run)
     loaders = {cid: partial(_read, clips / f"{cid}.mp4") for cid in table["clip_id"]}
     codec = LatentCodec.tiny()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each actor (1 CPU): float reductions depend on the thread count
     request.addfinalizer(lambda: torch.set_num_threads(threads))
-    local_cache, local_manifest = nodes.encode_clips(table, loaders, None, codec, pp)
-    ray_cache, ray_manifest = nodes.encode_clips(table, loaders, None, codec, {**pp, "runner": "ray"})
+    local_cache, local_manifest = nodes.encode_clips(table, loaders, None, codec, {}, pp)
+    ray_cache, ray_manifest = nodes.encode_clips(table, loaders, None, codec, {}, {**pp, "runner": "ray"})
     assert ray_manifest == local_manifest and list(ray_cache) == list(local_cache)
     for cid in local_cache:  # the catalog's save of each entry: the same file bytes
         a, b = SafetensorsDataset(str(tmp_path / "a" / cid)), SafetensorsDataset(str(tmp_path / "b" / cid))
         a.save(local_cache[cid]())
         b.save(ray_cache[cid]())
         assert (tmp_path / "a" / cid).read_bytes() == (tmp_path / "b" / cid).read_bytes(), cid
+
+
+def test_a_preprocess_rerun_encodes_only_what_is_missing_or_stale(clips, params, local_run, cluster, tmp_path,
+                                                                  request):
+    """The job dies while the cache is written; the re-run (Ray, then local) encodes only the clips without a
+    valid entry: not written yet, truncated, caption changed. A clip no longer in the table loses its entry, and
+    the cache ends byte-identical to one run from scratch."""
+    import yaml
+    from kedro.io import DatasetError
+
+    from dimo.datasets import LatentCacheDataset, LatentCacheKeysDataset
+    from dimo.models import LatentCodec
+    from dimo.pipelines.preprocess import nodes
+
+    with open(ROOT / "conf" / "smoke" / "parameters_preprocess.yml") as f:
+        pp = {**yaml.safe_load(f)["preprocess"], "device": "cpu", "batch_clips": 1, "ray": params["ray"]}
+    table, codec = _people(local_run), LatentCodec.tiny()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor (1 CPU), so Ray's entries equal the local ones byte for byte
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    reads: list[str] = []
+
+    def loaders(fail: str | None = None) -> dict:
+        def read(cid: str) -> Video:
+            if cid == fail:
+                raise OSError(f"{cid}: the job died here")
+            reads.append(cid)
+            return _read(clips / f"{cid}.mp4")
+        return {cid: partial(read, cid) for cid in table["clip_id"]}
+
+    def run(root: Path, clip_table: pd.DataFrame, fail: str | None = None, **extra) -> list[str]:
+        reads.clear()
+        cache = LatentCacheDataset(path=str(root), dataset="dimo.datasets.SafetensorsDataset",
+                                   filename_suffix=".safetensors")
+        entries, _ = nodes.encode_clips(clip_table, loaders(fail), None, codec, LatentCacheKeysDataset(str(root))
+                                        .load(), {**pp, **extra})
+        cache.save(entries)
+        return sorted(reads)
+
+    fresh, cached = tmp_path / "fresh", tmp_path / "cached"
+    ids = sorted(table["clip_id"])
+    assert run(fresh, table) == ids
+    with pytest.raises(DatasetError, match="the job died here"):  # saved in clip-id order: two written first
+        run(cached, table, fail=ids[2])
+    assert sorted(p.stem for p in cached.glob("*.safetensors")) == ids[:2]
+    assert run(cached, table, runner="ray") == ids[2:]  # the rest, over the Ray pool
+    assert run(cached, table) == []
+    before = {p.name: p.stat().st_mtime_ns for p in cached.glob("*.safetensors")}
+    victim = cached / f"{ids[0]}.safetensors"
+    victim.write_bytes(victim.read_bytes()[:-3])  # truncated: its header no longer covers the file
+    recaptioned = table.assign(caption=np.where(table["clip_id"] == ids[1], "a person, retold", table["caption"]))
+    assert run(cached, recaptioned) == ids[:2]
+    assert run(fresh, recaptioned) == [ids[1]]
+    dropped = recaptioned[recaptioned["clip_id"] != ids[3]]
+    assert run(cached, dropped) == [] and run(fresh, dropped) == []
+    after = {p.name: p.stat().st_mtime_ns for p in cached.glob("*.safetensors")}
+    assert sorted(after) == [f"{c}.safetensors" for c in ids[:3]]
+    assert after[f"{ids[2]}.safetensors"] == before[f"{ids[2]}.safetensors"]  # kept, never rewritten
+    for name in after:
+        assert (cached / name).read_bytes() == (fresh / name).read_bytes(), name

@@ -52,7 +52,8 @@ class VideoDataset(AbstractDataset[Video, Video]):
 
 
 class SafetensorsDataset(AbstractDataset[dict, dict]):
-    """A dict of tensors in one .safetensors file (the latent cache); written atomically."""
+    """A dict of tensors in one .safetensors file (the latent cache); written atomically. String values are
+    written as the file's header metadata (`header()`), e.g. the cache key of a latent cache entry."""
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
@@ -70,6 +71,13 @@ class SafetensorsDataset(AbstractDataset[dict, dict]):
         with safe_open(str(self._filepath), "pt") as f:
             return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
 
+    def header(self) -> dict[str, str]:
+        """The file's header metadata (the string values it was saved with), without reading any tensor."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._filepath), "pt") as f:
+            return f.metadata() or {}
+
     def save(self, data: dict) -> None:
         import os
         import tempfile
@@ -80,7 +88,8 @@ class SafetensorsDataset(AbstractDataset[dict, dict]):
         fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=self._filepath.parent)
         os.close(fd)
         try:
-            save_file({k: v.contiguous() for k, v in data.items()}, tmp)
+            tensors = {k: v.contiguous() for k, v in data.items() if not isinstance(v, str)}
+            save_file(tensors, tmp, metadata={k: v for k, v in data.items() if isinstance(v, str)} or None)
             os.replace(tmp, self._filepath)
         finally:
             if os.path.exists(tmp):
@@ -286,6 +295,47 @@ class OptionalPartitionedDataset(_NoneWhenMissing, PartitionedDataset):
     def _exists(self) -> bool:
         self._invalidate_caches()  # list afresh: another node or process may have written partitions since
         return super()._exists()
+
+
+class LatentCacheDataset(PartitionedDataset):
+    """The latent cache folder: one `SafetensorsDataset` per clip, keyed by clip id. Saving takes every clip the
+    cache should hold: an entry (or a callable returning one) is written, None keeps that clip's file as it is,
+    and the files of clips not named are removed. So a re-run writes only what `encode_clips` encoded."""
+
+    def save(self, data: dict) -> None:
+        for path in self._list_partitions():
+            if self._path_to_partition(path) not in data:
+                self._filesystem.rm(path)
+        self._invalidate_caches()
+        super().save({clip_id: entry for clip_id, entry in data.items() if entry is not None})
+
+
+class LatentCacheKeysDataset(AbstractDataset[None, dict]):
+    """Read-only: clip id -> the `cache_key` in the header of each `<clip id>.safetensors` under `path` (the
+    latent cache folder), reading no tensor. A file whose header cannot be read is left out (logged with its
+    path and the reason), so its clip is encoded again. No folder yet: {}."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, str | None]:
+        keys = {}
+        for file in sorted(self._path.glob("*.safetensors")):
+            try:
+                keys[file.stem] = SafetensorsDataset(str(file)).header().get("cache_key")
+            except Exception as err:  # truncated or overwritten: encoded again, never trusted
+                log.warning("latent cache: %s is unreadable (%s): its clip is encoded again", file, err)
+        return keys
+
+    def save(self, data) -> None:
+        raise DatasetError(f"{self._path}: the cache keys are read from the entries' headers, not saved")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
 
 
 # --- the annealing sweep's Optuna study (conf/base/catalog_annealing_sweep.yml: annealing_sweep_study) ---------

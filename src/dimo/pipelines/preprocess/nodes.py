@@ -8,6 +8,8 @@ same-size clips at a time on `preprocess.device` (auto: CUDA when present); the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,9 @@ from dimo.models import FrozenTextEncoder, LatentCodec, text_encoder, toy_codec
 from dimo.training import mixtures
 
 log = logging.getLogger(__name__)
+
+# Bump when an entry's content changes for the same clip, label and encoders (a new field, another layout).
+CACHE_VERSION = 1
 
 
 def _video_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -134,21 +139,50 @@ def _batches(clips: pd.DataFrame, size: int) -> list[list]:
     return [rows[i:i + size] for rows in groups.values() for i in range(0, len(rows), size)]
 
 
+def _digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (names, dtypes, shapes, values): the codec a cache entry was encoded with."""
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_keys(clips: pd.DataFrame, codec: LatentCodec, params: dict) -> dict[str, str]:
+    """clip id -> the key of its cache entry: the clip's content hash (its file's bytes and the label parameters,
+    which fix the label), its caption, the codec's weights and the encoder settings. An entry whose stored key
+    differs is stale and encoded again."""
+    shared = json.dumps({"version": CACHE_VERSION, "codec": _digest(codec), "text_encoder": params["text_encoder"],
+                         "image_encoder": (params.get("image_encoder") or {}).get("path"),
+                         "driving_size": params["driving_size"]}, sort_keys=True, default=str)
+    return {row.clip_id: hashlib.sha256(f"{shared}|{row.content_hash}|{row.caption}".encode()).hexdigest()[:32]
+            for row in clips.itertuples()}
+
+
 def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_clips: dict | None,
-                 codec: LatentCodec, params: dict) -> tuple[dict[str, Callable], dict]:
-    """Lazy cache entries and a manifest. Clips are encoded `batch_clips` at a time (same-size clips together);
-    the catalog saves entries in order, so at most one batch is held in memory."""
+                 codec: LatentCodec, cached: dict[str, str], params: dict) -> tuple[dict, dict]:
+    """The cache entries to write and a manifest. `cached`: the key of each entry the cache folder holds now
+    (`latent_cache_keys`); a clip whose entry has its current key maps to None (kept as it is), so a re-run
+    after a crash or a change encodes only the missing and stale entries. The rest are lazy: encoded
+    `batch_clips` at a time (same-size clips together) while the catalog saves them in order, so at most one
+    batch is held in memory. Each entry carries its key (a string value: the file's header metadata)."""
+    keys = cache_keys(clips, codec, params)
+    todo = clips[[cached.get(c) != k for c, k in keys.items()]]
+    log.info("latent cache: %d of %d clips cached, %d to encode", len(clips) - len(todo), len(clips), len(todo))
+    kept: dict[str, None] = dict.fromkeys(clips.loc[~clips["clip_id"].isin(todo["clip_id"]), "clip_id"])
     device = resolve_device(params.get("device"))
     codec.eval().to(device)
     texts = text_encoder.from_spec(params["text_encoder"]).to(device)
     image_path = (params.get("image_encoder") or {}).get("path")
     images = ImageEncoder(image_path, device) if image_path else None
     loaders = _clip_folders(clips, synthetic_clips, ingested_clips)
-    batches = _batches(clips, int(params.get("batch_clips", 1)))
-    if distributed.runner(params, "preprocess") == "ray":  # docs/ray.md; Ray is imported only there
+    batches = _batches(todo, int(params.get("batch_clips", 1)))
+    manifest = _manifest(clips, codec, texts, images, params)
+    if distributed.runner(params, "preprocess") == "ray" and batches:  # docs/ray.md; Ray is imported only there
         from .ray_encode import ray_cache
 
-        return ray_cache(batches, loaders, codec, params), _manifest(clips, codec, texts, images, params)
+        return {**kept, **_keyed(ray_cache(batches, loaders, codec, params), keys)}, manifest
     done: dict[str, dict] = {}
 
     def entry(batch: list, row) -> Callable[[], dict]:
@@ -160,8 +194,12 @@ def encode_clips(clips: pd.DataFrame, synthetic_clips: dict | None, ingested_cli
             return done.pop(row.clip_id)
         return load
 
-    cache = {row.clip_id: entry(batch, row) for batch in batches for row in batch}
-    return cache, _manifest(clips, codec, texts, images, params)
+    return {**kept, **_keyed({row.clip_id: entry(b, row) for b in batches for row in b}, keys)}, manifest
+
+
+def _keyed(entries: dict[str, Callable[[], dict]], keys: dict[str, str]) -> dict[str, Callable[[], dict]]:
+    """The lazy entries, each returning its cache key beside its tensors."""
+    return {c: (lambda load=load, key=keys[c]: {**load(), "cache_key": key}) for c, load in entries.items()}
 
 
 def write_latent_shards(latent_cache: dict[str, Callable[[], dict]], params: dict) -> dict:

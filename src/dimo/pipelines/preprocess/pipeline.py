@@ -9,7 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(prepare_codec, ["labelled_clip_table", "synthetic_clips", "ingested_clips", "params:preprocess"],
                  ["latent_codec", "codec_metrics"], name="prepare_codec"),
             Node(encode_clips, ["labelled_clip_table", "synthetic_clips", "ingested_clips", "latent_codec",
-                                "params:preprocess"],
+                                "latent_cache_keys", "params:preprocess"],
                  ["latent_cache", "preprocess_manifest"], name="encode_clips"),
             Node(write_latent_shards, ["latent_cache", "params:preprocess"], "latent_shard_manifest",
                  name="write_latent_shards"),
