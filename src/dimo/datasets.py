@@ -159,6 +159,15 @@ class DimoModelDataset(_FolderDataset):
         model.save_pretrained(str(folder))
 
 
+class MotionTokenizerDataset(DimoModelDataset):
+    """The MTVCrafter-style 4DMoT baseline (`dimo.baselines.motion_tokenizer.MotionTokenizer`, one folder)."""
+
+    def load(self):
+        from dimo.baselines.motion_tokenizer import MotionTokenizer
+
+        return MotionTokenizer.from_pretrained(str(self._path))
+
+
 
 
 class NpzDataset(AbstractDataset[dict, dict]):
@@ -314,6 +323,8 @@ class LatentCacheKeysDataset(AbstractDataset[None, dict]):
     """Read-only: clip id -> the `cache_key` in the header of each `<clip id>.safetensors` under `path` (the
     latent cache folder), reading no tensor. A file whose header cannot be read is left out (logged with its
     path and the reason), so its clip is encoded again. No folder yet: {}."""
+
+    created_on_load = True  # a first run starts from an empty cache (dimo.preflight does not ask for it)
 
     def __init__(self, path: str, metadata: dict[str, Any] | None = None):
         self._path = Path(path)

@@ -13,8 +13,8 @@ from dimo.training.stages import STAGES
 DATA_PIPELINES = ("synthesize_views", "ingest", "validate", "pseudo_label", "preprocess")  # data-flow order
 # Folders listed by name, not found by `find_pipelines`: Kedro 1.7 then loads only the folders a
 # `--pipelines=...` run names, and refuses a stage's pipeline, which has no folder of its own.
-FOLDER_PIPELINES = (*DATA_PIPELINES, "evaluate", "ablation", "annealing_sweep", "study")
-DEFAULT_CHAIN = (*DATA_PIPELINES, *(s.pipeline for s in STAGES), "evaluate")
+FOLDER_PIPELINES = (*DATA_PIPELINES, "train_motion_tokenizer", "evaluate", "ablation", "annealing_sweep", "study")
+DEFAULT_CHAIN = (*DATA_PIPELINES, "train_motion_tokenizer", *(s.pipeline for s in STAGES), "evaluate")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
