@@ -145,7 +145,7 @@ def train_child(work: Path, run: str) -> int:
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(work / run / "weights.safetensors"))
     torch.manual_seed(0)
-    fresh = build_fresh(params["model"], job["manifest"]).state_dict()
+    fresh = build_fresh(params["model"], job["manifest"], params["seed"]).state_dict()
     moved = sum(not torch.equal(v, fresh[k].to(v.dtype)) for k, v in weights.items() if v.is_floating_point())
     summary.update(dtypes=sorted({str(v.dtype) for v in weights.values()}), tensors_moved=moved,
                    floating_tensors=sum(v.is_floating_point() for v in weights.values()))
@@ -298,7 +298,7 @@ def check_mfu(work: Path, sizes: Sizes, device: torch.device) -> Check:
     job = json.loads((work / "job.json").read_text())
     params = job["params"]
     torch.manual_seed(0)
-    model = build_fresh(params["model"], job["manifest"]).to(device, torch.bfloat16).train()
+    model = build_fresh(params["model"], job["manifest"], params["seed"]).to(device, torch.bfloat16).train()
     batches = PairBatches(pd.DataFrame(job["pairs"]), latent_cache(Path(job["cache"])).load(),
                           params["stages"][STAGE]["mix"], 1, params["seed"])
     batch = move_batch(batches.batch(0), device)

@@ -84,6 +84,24 @@ def test_every_environment_configures_exactly_the_stages_of_the_chain():
     assert [chain.get(s.previous).key for s in chain.STAGES if s.previous] == [s.key for s in chain.STAGES[:-1]]
 
 
+FRESH_DIGEST = """
+import hashlib, sys, torch
+from dimo.training.model_init import build_model
+torch.rand(int(sys.argv[1]))  # whatever drew from the global RNG before must not matter
+params = {"seed": 7, "model": {"config": "tiny", "variant": "full"}, "stages": {"pretrain": {"init": "scratch"}}}
+model = build_model("pretrain", params, {"text_dim": 384})
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def test_a_fresh_model_is_the_same_in_every_process_for_its_seed():
+    """torch seeds its global RNG from the OS in every new process: an unseeded init made every run differ."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
+    digests = [subprocess.run([str(VENV_BIN / "python"), "-c", FRESH_DIGEST, str(n)], env=env, check=True,
+                              capture_output=True, text=True).stdout.split()[-1] for n in (1, 5)]
+    assert digests[0] == digests[1]
+
+
 def test_a_loaded_but_missing_sweep_file_fails_before_training_and_the_chain_checks_names_first():
     from dimo.training.nodes import run_stage
 

@@ -20,14 +20,14 @@ def build_model(stage: str, params: dict, manifest: dict) -> DimoModel:
     spec = params["model"]
     init = params["stages"][stage]["init"]
     if init == "scratch":
-        return build_fresh(spec, manifest)
+        return build_fresh(spec, manifest, params["seed"])
     if init.startswith("wan:"):
         cfg = configs.get(spec["config"], variant=spec["variant"], **spec.get("overrides", {}))
         return DimoModel.from_stock_pretrained(cfg, init.removeprefix("wan:"))
     model = registry.load_model(handover.resolve_init(init, params))
     got = (model.config.name, model.config.variant)
     if got[0] == spec["config"] and got[1] != spec["variant"] and spec.get("transfer_from_other_variant", False):
-        return transfer_weights(model, build_fresh(spec, manifest))  # ablations start from the same base
+        return transfer_weights(model, build_fresh(spec, manifest, params["seed"]))  # ablations: the same base
     if got != (spec["config"], spec["variant"]):
         raise ValueError(f"{stage}: {init} holds a {got[0]!r} model (variant {got[1]!r}) but training.model asks "
                          f"for {spec['config']!r} (variant {spec['variant']!r}); run the earlier stages with the "
@@ -35,9 +35,12 @@ def build_model(stage: str, params: dict, manifest: dict) -> DimoModel:
     return model
 
 
-def build_fresh(spec: dict, manifest: dict) -> DimoModel:
+def build_fresh(spec: dict, manifest: dict, seed: int) -> DimoModel:
+    """A freshly initialised model, the same for the same seed in every process: torch seeds its global RNG from
+    the OS at start-up, so an unseeded init differed run to run (issue 14, benchmarks/diag_reproducibility.py)."""
     cfg = configs.get(spec["config"], variant=spec["variant"], **{"text_in_dim": manifest["text_dim"],
                                                                     **spec.get("overrides", {})})
+    torch.manual_seed(seed)
     return DimoModel(cfg)
 
 
