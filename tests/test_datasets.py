@@ -101,3 +101,30 @@ def test_npz_and_label_store_datasets(tmp_path):
     store = datasets.LabelStoreDataset(path=str(tmp_path / "store")).load()
     assert isinstance(store, LabelStore) and (tmp_path / "store").is_dir()
     assert store.path("k") == tmp_path / "store" / "k.npz" and not store.has("k")
+
+
+def test_the_latent_cache_keeps_named_files_writes_new_ones_and_drops_the_rest(tmp_path, caplog):
+    import torch
+
+    folder = str(tmp_path / "latents")
+
+    def cache():
+        return datasets.LatentCacheDataset(path=folder, dataset="dimo.datasets.SafetensorsDataset",
+                                           filename_suffix=".safetensors")
+
+    keys = datasets.LatentCacheKeysDataset(folder)
+    assert keys.load() == {}  # a first run: no folder yet
+    cache().save({"a": {"x": torch.ones(2), "cache_key": "ka"}, "b": lambda: {"x": torch.zeros(2), "cache_key": "kb"},
+                  "c": {"x": torch.zeros(3)}})
+    assert keys.load() == {"a": "ka", "b": "kb", "c": None}  # the key is header metadata, never a tensor
+    assert set(cache().load()["a"]()) == {"x"}
+    a_file = tmp_path / "latents" / "a.safetensors"
+    written = a_file.stat().st_mtime_ns
+    b_file = tmp_path / "latents" / "b.safetensors"
+    b_file.write_bytes(b_file.read_bytes()[:-1])  # truncated: its header no longer covers the file
+    with caplog.at_level(logging.WARNING):
+        assert keys.load() == {"a": "ka", "c": None}
+    assert str(b_file) in caplog.text and "encoded again" in caplog.text
+    cache().save({"a": None, "b": {"x": torch.full((2,), 5.0), "cache_key": "kb2"}})  # None: keep as it is
+    assert keys.load() == {"a": "ka", "b": "kb2"} and a_file.stat().st_mtime_ns == written
+    assert torch.equal(cache().load()["b"]()["x"], torch.full((2,), 5.0))
