@@ -34,13 +34,21 @@ def label_windows(label: dict, window: int, stride: int) -> np.ndarray:
     return np.stack([joints[s:s + window] for s in starts])
 
 
-def split_windows(clips: pd.DataFrame, window: int, stride: int) -> dict[str, np.ndarray]:
-    """split -> windows of every labelled clip of that split (the label files named by `label_path`)."""
-    out = {}
-    for split, rows in clips.groupby("split"):
-        parts = [label_windows(label_format.load_label(p), window, stride) for p in rows["label_path"]]
-        out[str(split)] = np.concatenate(parts)
-    return out
+def clip_windows(clips: pd.DataFrame, window: int, stride: int) -> np.ndarray:
+    """The windows of every clip of a table (their label files named by `label_path`)."""
+    parts = [label_windows(label_format.load_label(p), window, stride) for p in clips["label_path"]]
+    return np.concatenate(parts) if parts else np.zeros((0, window, len(label_format.FIT_KEYPOINTS), 3), np.float32)
+
+
+def held_out_split(clips: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(train clips, held-out clips, what the held-out clips are): the test split, else val, else (a table with
+    only train clips, e.g. the smoke data) every 4th train clip, which is then not trained on."""
+    train = clips[clips["split"] == "train"]
+    for split in ("test", "val"):
+        if (clips["split"] == split).any():
+            return train, clips[clips["split"] == split], f"{split} split"
+    held = train.iloc[::4]
+    return train.drop(held.index), held, "every 4th train clip (no test or val split)"
 
 
 def fit(windows: np.ndarray, cfg: dict, seed: int) -> tuple[MotionTokenizer, list[dict]]:

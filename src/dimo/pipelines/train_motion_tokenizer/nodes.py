@@ -17,16 +17,15 @@ log = logging.getLogger(__name__)
 
 def train_motion_tokenizer(clips: pd.DataFrame, params: dict) -> tuple[MotionTokenizer, dict, dict]:
     """The trained tokenizer, its loss curves (MLflow metrics with steps) and the held-out report."""
-    windows = tokenizer_training.split_windows(clips, params["window"], params["stride"])
-    train, held_out = windows.get("train"), windows.get("test")
-    if held_out is None or not len(held_out):
-        held_out = windows.get("val")  # a table without a test split is scored on val, as the codec
-    if train is None or not len(train) or held_out is None or not len(held_out):
-        raise ValueError(f"train_motion_tokenizer: no {params['window']}-frame windows of valid labelled frames in "
-                         f"the train and test/val splits ({ {k: len(v) for k, v in windows.items()} })")
+    train_clips, held_clips, held_what = tokenizer_training.held_out_split(clips)
+    train = tokenizer_training.clip_windows(train_clips, params["window"], params["stride"])
+    held_out = tokenizer_training.clip_windows(held_clips, params["window"], params["stride"])
+    if not len(train) or not len(held_out):
+        raise ValueError(f"train_motion_tokenizer: no {params['window']}-frame windows of valid labelled frames "
+                         f"({len(train)} in the train clips, {len(held_out)} in the held-out {held_what})")
     model, history = tokenizer_training.fit(train, params, params["seed"])
     report = {**tokenizer_training.score(model, held_out, train), "train_windows": len(train),
-              "steps": params["steps"]}
+              "held_out": held_what, "steps": params["steps"]}
     log.info("motion tokenizer: held-out MPJPE %.1f mm (mean pose %.1f mm), %.0f%% of codes used",
              report["heldout_mpjpe_mm"], report["mean_pose_mpjpe_mm"], 100 * report["codebook_usage"])
     every = max(1, params["steps"] // 100)
