@@ -29,10 +29,11 @@ def train_motion_tokenizer(clips: pd.DataFrame, params: dict) -> tuple[MotionTok
     log.info("motion tokenizer: held-out MPJPE %.1f mm (mean pose %.1f mm), %.0f%% of codes used",
              report["heldout_mpjpe_mm"], report["mean_pose_mpjpe_mm"], 100 * report["codebook_usage"])
     every = max(1, params["steps"] // 100)
-    metrics = {f"motion_tokenizer_{k}": [{"value": h[k], "step": h["step"]} for h in history[::every]]
+    # kedro-mlflow logs each as motion_tokenizer_metrics.<key>
+    metrics = {k: [{"value": h[k], "step": h["step"]} for h in history[::every]]
                for k in ("loss", "reconstruction", "commitment")}
     for k in ("heldout_mpjpe_mm", "mean_pose_mpjpe_mm", "codebook_usage"):
-        metrics[f"motion_tokenizer_{k}"] = [{"value": float(report[k]), "step": params["steps"]}]
+        metrics[k] = [{"value": float(report[k]), "step": params["steps"]}]
     return model, metrics, report
 
 
