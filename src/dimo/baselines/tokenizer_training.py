@@ -40,15 +40,15 @@ def clip_windows(clips: pd.DataFrame, window: int, stride: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, window, len(label_format.FIT_KEYPOINTS), 3), np.float32)
 
 
-def held_out_split(clips: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(train clips, held-out clips, what the held-out clips are): the test split, else val, else (a table with
-    only train clips, e.g. the smoke data) every 4th train clip, which is then not trained on."""
+def held_out_splits(clips: pd.DataFrame):
+    """(train clips, held-out clips, what they are), best first: the test split, the val split, then every 4th
+    train clip (which is then not trained on). The first whose clips give windows is scored."""
     train = clips[clips["split"] == "train"]
     for split in ("test", "val"):
         if (clips["split"] == split).any():
-            return train, clips[clips["split"] == split], f"{split} split"
+            yield train, clips[clips["split"] == split], f"{split} split"
     held = train.iloc[::4]
-    return train.drop(held.index), held, "every 4th train clip (no test or val split)"
+    yield train.drop(held.index), held, "every 4th train clip"
 
 
 def fit(windows: np.ndarray, cfg: dict, seed: int) -> tuple[MotionTokenizer, list[dict]]:

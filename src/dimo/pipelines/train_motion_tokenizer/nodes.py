@@ -17,12 +17,17 @@ log = logging.getLogger(__name__)
 
 def train_motion_tokenizer(clips: pd.DataFrame, params: dict) -> tuple[MotionTokenizer, dict, dict]:
     """The trained tokenizer, its loss curves (MLflow metrics with steps) and the held-out report."""
-    train_clips, held_clips, held_what = tokenizer_training.held_out_split(clips)
+    tried = []
+    for candidate in tokenizer_training.held_out_splits(clips):
+        train_clips, held_clips, held_what = candidate
+        held_out = tokenizer_training.clip_windows(held_clips, params["window"], params["stride"])
+        tried.append(f"{len(held_out)} in the {held_what}")
+        if len(held_out):
+            break
     train = tokenizer_training.clip_windows(train_clips, params["window"], params["stride"])
-    held_out = tokenizer_training.clip_windows(held_clips, params["window"], params["stride"])
     if not len(train) or not len(held_out):
         raise ValueError(f"train_motion_tokenizer: no {params['window']}-frame windows of valid labelled frames "
-                         f"({len(train)} in the train clips, {len(held_out)} in the held-out {held_what})")
+                         f"to train and score on ({len(train)} in the train clips; {', '.join(tried)})")
     model, history = tokenizer_training.fit(train, params, params["seed"])
     report = {**tokenizer_training.score(model, held_out, train), "train_windows": len(train),
               "held_out": held_what, "steps": params["steps"]}
